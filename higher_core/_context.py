@@ -1,0 +1,61 @@
+"""``innerloop_ctx``: a patched module and a differentiable optimizer, together."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from higher_core._optimizer import DifferentiableOptimizer
+from higher_core._overrides import Override
+from higher_core._registry import resolve
+from higher_core.patch import PatchedModule, monkeypatch
+
+__all__ = ["innerloop_ctx"]
+
+
+@contextlib.contextmanager
+def innerloop_ctx(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    device: torch.device | str | None = None,
+    copy_initial_weights: bool = True,
+    override: Override | None = None,
+    track_higher_grads: bool = True,
+) -> Iterator[tuple[PatchedModule, DifferentiableOptimizer]]:
+    """A context manager for writing differentiable inner loops.
+
+    Args:
+        model: the module to adapt.
+        opt: an optimizer over (a subset of) ``model``'s parameters, of a type some
+            installed plugin (or :func:`higher_core.register_optim`) supports.
+        device: a device to cast the fast weights and state to (default: the model's).
+        copy_initial_weights: if True, the initial fast weights are copies, off the
+            gradient tape; set False for MAML, so meta-gradients reach ``model``.
+        override: hyperparameters as ``{name: [value]}`` or one value per group;
+            tensors receive gradients.
+        track_higher_grads: if False, unroll without a graph ("test mode").
+
+    Yields:
+        ``(fmodel, diffopt)``: the patched module and the differentiable optimizer.
+
+    Example:
+        >>> import torch, higher_core
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> x, y = torch.randn(8, 4), torch.randn(8, 1)
+        >>> with higher_core.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+        ...     for _ in range(3):
+        ...         diffopt.step(torch.nn.functional.mse_loss(fmodel(x), y))
+        ...     torch.nn.functional.mse_loss(fmodel(x), y).backward()
+        >>> model.weight.grad.shape
+        torch.Size([1, 4])
+    """
+    diff_type = resolve(type(opt))  # fail before copying the model
+    fmodel = monkeypatch(model, device=device, copy_initial_weights=copy_initial_weights,
+                         track_higher_grads=track_higher_grads)
+    diffopt = diff_type(opt, model.parameters(), fmodel=fmodel, device=device, override=override,
+                        track_higher_grads=track_higher_grads)
+    yield fmodel, diffopt

@@ -1,0 +1,279 @@
+"""The base class of every differentiable optimizer.
+
+A differentiable optimizer mirrors a live ``torch.optim`` optimizer: it copies
+its param groups (hyperparameters only; the model's parameters are referred to
+by position, never copied) and its existing per-parameter state, then updates
+fast weights out of place, so that autograd sees every step.
+
+A plugin implements one method, :meth:`DifferentiableOptimizer.update`, in the
+style of optax's ``update``: it receives one param group's hyperparameters, the
+parameters that have a gradient, their gradients and their states, and returns
+new parameters and new states without mutating anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from higher_core._overrides import Override, normalize_override
+
+if TYPE_CHECKING:
+    from higher_core.patch import PatchedModule
+
+__all__ = ["DifferentiableOptimizer", "GradCallback", "State"]
+
+State = dict[str, Any]
+GradCallback = Callable[[list[torch.Tensor | None]], Iterable[torch.Tensor | None]]
+
+
+def _to_device(value: Any, device: torch.device | str | None) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device=device, copy=True)
+    return value
+
+
+class DifferentiableOptimizer:
+    """A differentiable version of a ``torch.optim`` optimizer.
+
+    Built from an existing optimizer, it takes the same param groups and
+    continues from its state (a pre-trained Adam's moments continue exactly).
+    :meth:`step` computes gradients of a loss with respect to the fast weights,
+    with ``create_graph=True`` while higher-order gradients are tracked, and
+    returns the new fast weights.
+
+    Args:
+        other: an existing optimizer instance.
+        reference_params: the parameters of the original model, in the order the
+            fast weights follow (``model.parameters()``).
+        fmodel: a patched module (see :func:`higher_core.patch.monkeypatch`); its
+            fast weights are used and updated when ``step`` is given no ``params``.
+        device: the device to cast state tensors to.
+        override: hyperparameters to use instead of the optimizer's, ``{name:
+            [value]}`` for every param group or ``{name: [v0, v1, ...]}`` one per
+            group; tensor values receive gradients.
+        grad_callback: a function applied to the list of gradients (in the order
+            of ``reference_params``; ``None`` where a parameter has no gradient)
+            before every step, e.g. for clipping.
+        track_higher_grads: if False, the step is taken without a graph (test mode).
+
+    Subclasses set :attr:`tensor_hyperparameters` and implement :meth:`update`
+    (and :meth:`init_state` when the optimizer keeps state).
+
+    Example:
+        >>> import torch, higher_core
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> fmodel = higher_core.patch.monkeypatch(model)
+        >>> diffopt = higher_core.optim.get_diff_optim(opt, model.parameters(), fmodel=fmodel)
+        >>> new_weights = diffopt.step(fmodel(torch.ones(3, 2)).pow(2).sum())
+    """
+
+    #: hyperparameters that may be given as tensors requiring grad
+    tensor_hyperparameters: ClassVar[tuple[str, ...]] = ("lr",)
+
+    def __init__(
+        self,
+        other: torch.optim.Optimizer,
+        reference_params: Iterable[torch.Tensor],
+        fmodel: PatchedModule | None = None,
+        device: torch.device | str | None = None,
+        override: Override | None = None,
+        grad_callback: GradCallback | None = None,
+        track_higher_grads: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise TypeError(
+                f"{type(self).__name__}() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}"
+            )
+        reference = list(reference_params)
+        position = {id(p): i for i, p in enumerate(reference)}
+        self.param_groups: list[dict[str, Any]] = []
+        for group in other.param_groups:
+            indices = []
+            for p in group["params"]:
+                if id(p) not in position:
+                    raise ValueError(
+                        f"{type(other).__name__} tracks a parameter of shape {tuple(p.shape)} that is "
+                        "not in reference_params; pass the parameters of the module the optimizer "
+                        "was built for (model.parameters())"
+                    )
+                indices.append(position[id(p)])
+            copied = {k: v for k, v in group.items() if k != "params"}
+            copied["params"] = indices
+            self.param_groups.append(copied)
+        self.check_param_groups(self.param_groups)
+        self._num_params = len(reference)
+        self._fmodel = fmodel
+        self._device = device
+        self._grad_callback = grad_callback
+        self._track_higher_grads = track_higher_grads
+        self._optimizer_name = self._reference_name(other)
+        self._override = normalize_override(override, self.param_groups, self._optimizer_name)
+        self.state: dict[int, State] = {}
+        for i, p in enumerate(reference):
+            existing = other.state.get(p)
+            if existing:
+                self.state[i] = self.import_state(existing, device)
+
+    # -- hooks for subclasses ------------------------------------------------------------
+    def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
+        """Refuse options this differentiable optimizer cannot honour (raise ValueError)."""
+
+    def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
+        """The state of a parameter before its first step (``torch.optim``'s lazy init)."""
+        return {}
+
+    def update(
+        self,
+        group: Mapping[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[State],
+    ) -> tuple[list[torch.Tensor], list[State]]:
+        """One step for one param group, out of place.
+
+        Args:
+            group: the group's hyperparameters, overrides applied (values may be tensors).
+            params: the parameters of the group that have a gradient this step.
+            grads: their gradients.
+            states: their states (do not mutate; return new ones).
+
+        Returns:
+            The new parameters and the new states, in the same order.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement update()")
+
+    def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State:
+        """Copy one parameter's ``torch.optim`` state: tensors detached and cloned, ``step`` as a number."""
+        imported: State = {}
+        for key, value in state.items():
+            if key == "step" and isinstance(value, torch.Tensor) and value.numel() == 1:
+                imported[key] = value.item()
+            else:
+                imported[key] = _to_device(value, device)
+        return imported
+
+    # -- the step ------------------------------------------------------------------------
+    @staticmethod
+    def _reference_name(other: torch.optim.Optimizer) -> str:
+        t = type(other)
+        return f"torch.optim.{t.__name__}" if getattr(torch.optim, t.__name__, None) is t else t.__qualname__
+
+    def _groups_for_step(self, override: Override | None) -> list[dict[str, Any]]:
+        merged = dict(self._override)
+        if override:
+            merged.update(normalize_override(override, self.param_groups, self._optimizer_name))
+        if not merged:
+            return self.param_groups
+        groups = []
+        for index, group in enumerate(self.param_groups):
+            copy = dict(group)
+            for key, values in merged.items():
+                copy[key] = values[index]
+            groups.append(copy)
+        return groups
+
+    def step(
+        self,
+        loss: torch.Tensor,
+        params: Iterable[torch.Tensor] | None = None,
+        override: Override | None = None,
+        grad_callback: GradCallback | None = None,
+        **kwargs: Any,
+    ) -> list[torch.Tensor]:
+        """Take one differentiable step and return the new fast weights.
+
+        Args:
+            loss: a scalar computed from the fast weights.
+            params: the fast weights to update, in the order of ``reference_params``;
+                defaults to the patched module's latest ones.
+            override: hyperparameters for this step only; they take precedence over
+                the ones given at construction.
+            grad_callback: replaces the constructor's ``grad_callback`` for this step.
+
+        Returns:
+            The new fast weights, in the order of ``reference_params``. Parameters
+            that do not require grad, or that the loss does not reach, are returned
+            unchanged. With an ``fmodel``, its fast weights are updated too.
+        """
+        if kwargs:
+            raise TypeError(f"step() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+        if params is None:
+            if self._fmodel is None:
+                raise ValueError(
+                    "step() needs params= (the fast weights) because this optimizer was created "
+                    "without fmodel"
+                )
+            params = self._fmodel.fast_params
+        params = list(params)
+        if len(params) != self._num_params:
+            raise ValueError(
+                f"step() got {len(params)} parameters but the optimizer was built for "
+                f"{self._num_params}; pass every fast weight, in the order of reference_params"
+            )
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            raise ValueError(
+                "step(loss): the loss does not require grad, so it was not computed from the fast "
+                "weights (was it computed under torch.no_grad(), or from the original module?)"
+            )
+        groups = self._groups_for_step(override)
+        grads = self._gradients(loss, params, grad_callback or self._grad_callback)
+
+        new_params = list(params)
+        for group in groups:
+            indices = [i for i in group["params"] if grads[i] is not None]
+            if not indices:
+                continue
+            states = [self.state[i] if i in self.state else self.init_state(params[i], group) for i in indices]
+            updated, new_states = self.update(
+                group, [params[i] for i in indices], [grads[i] for i in indices], states  # type: ignore[misc]
+            )
+            for i, p, s in zip(indices, updated, new_states):
+                new_params[i] = p
+                self.state[i] = s
+
+        if not self._track_higher_grads:
+            new_params = [
+                p.detach().requires_grad_(old.requires_grad) if p is not old else p
+                for p, old in zip(new_params, params)
+            ]
+            self.detach_state()
+        if self._fmodel is not None:
+            self._fmodel.update_params(new_params)
+        return new_params
+
+    def _gradients(
+        self, loss: torch.Tensor, params: list[torch.Tensor], callback: GradCallback | None
+    ) -> list[torch.Tensor | None]:
+        targets = [i for i, p in enumerate(params) if p.requires_grad]
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        if targets:
+            computed = torch.autograd.grad(
+                loss,
+                [params[i] for i in targets],
+                create_graph=self._track_higher_grads,
+                allow_unused=True,
+            )
+            for i, g in zip(targets, computed):
+                grads[i] = g
+        if callback is not None:
+            grads = list(callback(grads))
+            if len(grads) != len(params):
+                raise ValueError(
+                    f"grad_callback returned {len(grads)} gradients for {len(params)} parameters"
+                )
+        return grads
+
+    def detach_state(self) -> None:
+        """Detach every state tensor from the graph (used in test mode and for truncation)."""
+        for state in self.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.requires_grad:
+                    state[key] = value.detach()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self.param_groups)} param group(s), {self._num_params} parameters)"

@@ -1,0 +1,49 @@
+"""Exceptions and warnings raised by higher-core.
+
+Every error says what was wrong and what to do about it. The classes keep the
+built-in exception types the old ``higher`` raised (``ValueError``), so code that
+caught those keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UnsupportedOptimizerError",
+    "MissingOptimizerPluginError",
+    "PluginConflictError",
+    "PluginLoadError",
+    "PluginLoadWarning",
+    "SubclassResolutionWarning",
+]
+
+
+class UnsupportedOptimizerError(ValueError):
+    """No differentiable optimizer is registered for a ``torch.optim`` type.
+
+    The message names the type and, for a ``torch.optim`` built-in, the
+    ``pip install higher-<name>`` command that provides it.
+    """
+
+
+class MissingOptimizerPluginError(UnsupportedOptimizerError, AttributeError):
+    """A documented ``higher_core.optim.Differentiable*`` name whose plugin is not installed.
+
+    It is also an :class:`AttributeError`, so ``hasattr(higher_core.optim,
+    "DifferentiableAdam")`` is ``False`` when ``higher-adam`` is missing.
+    """
+
+
+class PluginConflictError(RuntimeError):
+    """Two plugins claim the same optimizer type; the message names both distributions."""
+
+
+class PluginLoadError(ImportError):
+    """A plugin entry point failed to load while ``HIGHER_CORE_STRICT_PLUGINS`` is set."""
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin entry point failed to load; every other plugin keeps working."""
+
+
+class SubclassResolutionWarning(UserWarning):
+    """An optimizer subclass was resolved to the differentiable version of a base class."""

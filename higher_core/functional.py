@@ -1,0 +1,60 @@
+"""Building blocks for out-of-place update rules.
+
+Update rules mix Python numbers (the usual hyperparameters, used exactly as
+``torch.optim`` uses them so that the numbers match) and tensors (overrides that
+receive gradients). These helpers pick the matching operation for either.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+__all__ = ["Scalar", "add_scaled", "addcmul", "addcdiv", "safe_sqrt", "is_zero"]
+
+Scalar = Union[float, torch.Tensor]
+
+
+def is_zero(value: Scalar) -> bool:
+    """``value == 0`` for a number; a tensor counts as non-zero (it may be learned)."""
+    return not isinstance(value, torch.Tensor) and value == 0
+
+
+def add_scaled(x: torch.Tensor, y: torch.Tensor, alpha: Scalar) -> torch.Tensor:
+    r""":math:`x + \alpha y`, with ``torch.add(..., alpha=)`` when :math:`\alpha` is a number."""
+    if isinstance(alpha, torch.Tensor):
+        return x + alpha * y
+    return torch.add(x, y, alpha=alpha)
+
+
+def addcmul(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, value: Scalar) -> torch.Tensor:
+    r""":math:`x + v\,y z`."""
+    if isinstance(value, torch.Tensor):
+        return x + value * (y * z)
+    return torch.addcmul(x, y, z, value=value)
+
+
+def addcdiv(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, value: Scalar) -> torch.Tensor:
+    r""":math:`x + v\,y / z`."""
+    if isinstance(value, torch.Tensor):
+        return x + value * (y / z)
+    return torch.addcdiv(x, y, z, value=value)
+
+
+def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sqrt{x}` whose derivative at :math:`x = 0` is 0 instead of :math:`\infty`.
+
+    The forward values equal ``torch.sqrt`` exactly. Where a gradient entry is
+    exactly zero (a dead ReLU unit), ``torch.sqrt``'s backward gives
+    :math:`\infty \cdot 0 = \mathrm{nan}` in the meta-gradient; here the
+    derivative at 0 is taken as 0 (the subgradient of :math:`|g| = \sqrt{g^2}`),
+    at every order of differentiation.
+
+    Example:
+        >>> x = torch.tensor([0.0, 4.0], requires_grad=True)
+        >>> torch.autograd.grad(safe_sqrt(x).sum(), x)[0]
+        tensor([0.0000, 0.2500])
+    """
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))

@@ -1,0 +1,55 @@
+"""Hook specifications of the ``higher_core`` plugin project (pluggy).
+
+A plugin is any module or object with functions marked by
+:data:`higher_core.hookimpl`. Installed plugins are found through the entry
+point group ``higher_core.plugins``; plugins made at run time are added with
+:func:`higher_core.register_plugin`. Hooks are called with keyword arguments
+only.
+
+Example:
+    A plugin module ``higher_lion/__init__.py``::
+
+        import lion_pytorch
+        from higher_core import hookimpl
+
+        @hookimpl
+        def higher_core_optimizers():
+            return {lion_pytorch.Lion: DifferentiableLion}
+
+    and its ``pyproject.toml``::
+
+        [project.entry-points."higher_core.plugins"]
+        lion = "higher_lion"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Union
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from higher_core._optimizer import DifferentiableOptimizer
+
+PROJECT_NAME = "higher_core"
+ENTRY_POINT_GROUP = "higher_core.plugins"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+OptimizerTable = Union[
+    "Mapping[type[torch.optim.Optimizer], type[DifferentiableOptimizer]]",
+    "Iterable[tuple[type[torch.optim.Optimizer], type[DifferentiableOptimizer]]]",
+]
+
+
+@hookspec
+def higher_core_optimizers() -> OptimizerTable:  # type: ignore[empty-body]
+    """Return the differentiable optimizers this plugin provides.
+
+    :return: a mapping (or an iterable of pairs) from an optimizer type, such
+        as ``torch.optim.Adam``, to the :class:`~higher_core.optim.DifferentiableOptimizer`
+        subclass that reproduces its update rule out of place.
+    """

@@ -1,0 +1,93 @@
+"""Out-of-place Adam, with every option of the installed ``torch.optim.Adam``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from higher_core.functional import add_scaled, addcdiv, addcmul, is_zero, safe_sqrt
+from higher_core.optim import DifferentiableOptimizer, State
+
+
+class DifferentiableAdam(DifferentiableOptimizer):
+    r"""A differentiable version of ``torch.optim.Adam``, with the installed torch's numerics.
+
+    .. math::
+        g_t &= \pm\nabla_\theta f(\theta_{t-1}) \;(+\, \lambda\theta_{t-1}) \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+        \hat v_t &= \max(\hat v_{t-1}, v_t) \text{ if amsgrad else } v_t \\
+        \theta_t &= \theta_{t-1} - \frac{\gamma}{1-\beta_1^t}\,
+            \frac{m_t}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    With ``decoupled_weight_decay=True`` (AdamW's rule) the decay is applied to
+    the parameter, :math:`\theta \leftarrow \theta(1-\gamma\lambda)`, instead of
+    to the gradient. The old ``higher`` used a different arrangement of the bias
+    corrections and drifted from torch; this follows the installed torch's
+    single-tensor code path operation for operation. The square root's
+    derivative at exactly zero is taken as zero
+    (:func:`higher_core.functional.safe_sqrt`), so meta-gradients stay finite
+    when gradient entries are exactly zero. ``foreach``, ``fused``,
+    ``capturable`` and ``differentiable`` change no numbers here.
+
+    Example:
+        >>> import torch, higher_core
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1e-2, amsgrad=True)
+        >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
+        ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
+    """
+
+    tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
+
+    def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
+        state: State = {
+            "step": 0.0,
+            "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
+        }
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state
+
+    def update(
+        self,
+        group: Mapping[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[State],
+    ) -> tuple[list[torch.Tensor], list[State]]:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        weight_decay, amsgrad = group["weight_decay"], group["amsgrad"]
+        decoupled = group.get("decoupled_weight_decay", False)
+        new_params, new_states = [], []
+        for param, grad, state in zip(params, grads, states):
+            if group.get("maximize", False):
+                grad = -grad
+            step = state["step"] + 1
+            if not is_zero(weight_decay):
+                if decoupled:
+                    param = param * (1 - lr * weight_decay)
+                else:
+                    grad = add_scaled(grad, param, weight_decay)
+            exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+            if isinstance(beta2, torch.Tensor):
+                exp_avg_sq = torch.lerp(state["exp_avg_sq"], grad.square(), 1 - beta2)
+            else:
+                exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, 1 - beta2)
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2**0.5
+            new_state = {**state, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+            if amsgrad:
+                second_moment = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq)
+                new_state["max_exp_avg_sq"] = second_moment
+            else:
+                second_moment = exp_avg_sq
+            denom = safe_sqrt(second_moment) / bias_correction2_sqrt + eps
+            new_params.append(addcdiv(param, exp_avg, denom, -step_size))
+            new_states.append(new_state)
+        return new_params, new_states

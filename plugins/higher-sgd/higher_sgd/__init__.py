@@ -1,0 +1,16 @@
+"""higher-sgd: a differentiable ``torch.optim.SGD`` for higher-core."""
+
+from __future__ import annotations
+
+import torch
+
+from higher_core import hookimpl
+from higher_sgd._sgd import DifferentiableSGD
+
+__all__ = ["DifferentiableSGD", "higher_core_optimizers"]
+
+
+@hookimpl
+def higher_core_optimizers() -> dict[type, type]:
+    """This plugin provides ``torch.optim.SGD``."""
+    return {torch.optim.SGD: DifferentiableSGD}
