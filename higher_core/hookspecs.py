@@ -53,3 +53,15 @@ def higher_core_optimizers() -> OptimizerTable:  # type: ignore[empty-body]
         as ``torch.optim.Adam``, to the :class:`~higher_core.optim.DifferentiableOptimizer`
         subclass that reproduces its update rule out of place.
     """
+
+
+@hookspec
+def higher_core_conformance() -> Iterable[object]:  # type: ignore[empty-body]
+    """Return the conformance tables of the optimizers this plugin provides.
+
+    :return: :class:`higher_core.testing.OptimizerInfo` objects, one per
+        optimizer: its option combinations and its bad inputs. The shared suite
+        (``higher_core.testing``) checks every row against the reference class.
+        Import ``higher_core.testing`` inside the hook, so that plugins stay
+        light to import.
+    """

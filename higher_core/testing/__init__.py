@@ -1,0 +1,93 @@
+"""The conformance kit: one table per optimizer, one suite for all.
+
+A plugin declares an :class:`OptimizerInfo` per optimizer (its option
+combinations and bad inputs) and returns it from the ``higher_core_conformance``
+hook. :func:`run_conformance` (or the per-check functions) checks every row
+against the reference class: parity over 10 steps on parameters and state,
+``gradcheck``/``gradgradcheck`` through two unrolled steps, hypergradients for
+every tensor hyperparameter, finite meta-gradients with exact zeros, continuing
+from a reference that already stepped, frozen and unused parameters, and every
+bad input.
+
+Example:
+    >>> import torch
+    >>> from higher_core.testing import OptimizerInfo, OptimizerInput, run_conformance
+    >>> info = OptimizerInfo(torch.optim.SGD, [OptimizerInput({"lr": 0.1, "momentum": 0.9}, "momentum")])
+    >>> run_conformance(info, checks=("parity",))
+    {'rows': 1, 'checks': 1}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from higher_core.testing._checks import (
+    CHECK_FUNCTIONS,
+    Problem,
+    check_continue_from_reference,
+    check_error_input,
+    check_finite_meta_gradients,
+    check_frozen_and_unused,
+    check_gradcheck,
+    check_hypergradients,
+    check_parity,
+)
+from higher_core.testing._table import (
+    CHECKS,
+    DEFAULT_SHAPES,
+    ErrorOptimizerInput,
+    OptimizerInfo,
+    OptimizerInput,
+)
+
+__all__ = [
+    "CHECKS",
+    "CHECK_FUNCTIONS",
+    "DEFAULT_SHAPES",
+    "ErrorOptimizerInput",
+    "OptimizerInfo",
+    "OptimizerInput",
+    "Problem",
+    "check_continue_from_reference",
+    "check_error_input",
+    "check_finite_meta_gradients",
+    "check_frozen_and_unused",
+    "check_gradcheck",
+    "check_hypergradients",
+    "check_parity",
+    "installed_conformance",
+    "run_conformance",
+]
+
+
+def installed_conformance() -> list[OptimizerInfo]:
+    """The conformance tables of every installed plugin, in a stable order."""
+    from higher_core._plugins import plugin_host
+
+    host = plugin_host()
+    host.table()  # load entry points
+    infos: list[OptimizerInfo] = []
+    for tables in host.manager.hook.higher_core_conformance():
+        infos.extend(tables)
+    return sorted(infos, key=lambda info: info.name)
+
+
+def run_conformance(info: OptimizerInfo, checks: Sequence[str] = CHECKS,
+                    rows: Iterable[int] | None = None) -> dict[str, int]:
+    """Run the suite for one table outside pytest; raises on the first failure.
+
+    Checks named in ``info.skips`` are skipped. Returns the number of rows and of
+    checks run.
+    """
+    selected = list(info.inputs) if rows is None else [info.inputs[i] for i in rows]
+    ran = 0
+    for row in selected:
+        for name in checks:
+            if name in info.skips:
+                continue
+            CHECK_FUNCTIONS[name](info, row)
+            ran += 1
+    for bad in info.error_inputs:
+        check_error_input(info, bad)
+        ran += 1
+    return {"rows": len(selected), "checks": ran}

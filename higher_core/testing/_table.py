@@ -1,0 +1,89 @@
+"""The conformance table: option combinations and bad inputs, per optimizer.
+
+Modelled on ``torch.optim``'s ``OptimizerInfo``: a plugin declares, for each
+optimizer it provides, the option combinations to check
+(:class:`OptimizerInput`) and the inputs that must be refused
+(:class:`ErrorOptimizerInput`). The shared suite reads the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["OptimizerInput", "ErrorOptimizerInput", "OptimizerInfo", "DEFAULT_SHAPES", "CHECKS"]
+
+DEFAULT_SHAPES: tuple[tuple[int, ...], ...] = ((3, 2), (2,), (2, 2))
+"""Parameter shapes of the test problem: all but the last form group 0, the last group 1."""
+
+CHECKS = (
+    "parity",
+    "gradcheck",
+    "hypergradients",
+    "finite_meta_gradients",
+    "continue_from_reference",
+    "frozen_and_unused",
+)
+"""The checks run for every :class:`OptimizerInput` row."""
+
+
+@dataclass(frozen=True)
+class OptimizerInput:
+    """One option combination: constructor kwargs and the second group's own hyperparameters."""
+
+    kwargs: Mapping[str, Any]
+    desc: str
+    second_group: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ErrorOptimizerInput:
+    """Constructor kwargs that must be refused with ``error_type`` matching ``error_regex``.
+
+    The refusal may come from the reference constructor or from building the
+    differentiable optimizer (an option it cannot honour).
+    """
+
+    kwargs: Mapping[str, Any]
+    error_type: type[Exception]
+    error_regex: str
+    desc: str
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """Everything the suite needs to check one differentiable optimizer.
+
+    Args:
+        reference: the optimizer class to match (``torch.optim.Adam``, or a
+            third-party package's own class).
+        inputs: option combinations; each runs every check in :data:`CHECKS`.
+        error_inputs: bad inputs and the errors they must raise.
+        hyperparameters: hyperparameters checked for hypergradients; defaults to
+            the differentiable class's ``tensor_hyperparameters``.
+        rtol, atol: parity tolerances (float64).
+        shapes: parameter shapes of the test problem.
+        skips: check name -> the reason it does not apply to this optimizer (printed
+            by the suite).
+        closure: the update re-evaluates the loss (LBFGS): ``step`` is given a
+            closure ``params -> loss`` instead of a loss.
+        steps: steps for the parity check.
+    """
+
+    reference: type[torch.optim.Optimizer]
+    inputs: Sequence[OptimizerInput]
+    error_inputs: Sequence[ErrorOptimizerInput] = ()
+    hyperparameters: Sequence[str] | None = None
+    rtol: float = 1e-10
+    atol: float = 1e-12
+    shapes: Sequence[tuple[int, ...]] = DEFAULT_SHAPES
+    skips: Mapping[str, str] = field(default_factory=dict)
+    closure: bool = False
+    steps: int = 10
+
+    @property
+    def name(self) -> str:
+        return self.reference.__name__

@@ -1,0 +1,33 @@
+"""The conformance table of ``higher-adam``: option combinations and bad inputs."""
+
+from __future__ import annotations
+
+import torch
+
+from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+
+ADAM_INFO = OptimizerInfo(
+    reference=torch.optim.Adam,
+    inputs=[
+        OptimizerInput({"lr": 0.01}, "default"),
+        OptimizerInput({"lr": 0.02, "betas": (0.8, 0.9), "eps": 1e-6}, "betas+eps"),
+        OptimizerInput({"lr": 0.01, "amsgrad": True}, "amsgrad"),
+        OptimizerInput({"lr": 0.01, "weight_decay": 0.1}, "weight_decay"),
+        OptimizerInput({"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}, "decoupled"),
+        OptimizerInput({"lr": 0.01, "maximize": True, "amsgrad": True}, "maximize+amsgrad"),
+        OptimizerInput(
+            {"lr": 0.01, "weight_decay": 0.05, "amsgrad": True},
+            "groups-differ",
+            second_group={"lr": 0.03, "betas": (0.5, 0.99), "weight_decay": 0.0},
+        ),
+        OptimizerInput({"lr": 0.01, "foreach": True}, "foreach"),
+        OptimizerInput({"lr": 0.01, "fused": True}, "fused"),
+        OptimizerInput({"lr": 0.01, "differentiable": True}, "differentiable-flag"),
+    ],
+    error_inputs=[
+        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Invalid learning rate", "negative lr"),
+        ErrorOptimizerInput({"lr": 0.01, "betas": (1.0, 0.9)}, ValueError, "Invalid beta parameter at index 0", "beta1=1"),
+        ErrorOptimizerInput({"lr": 0.01, "betas": (0.9, -0.1)}, ValueError, "Invalid beta parameter at index 1", "beta2<0"),
+        ErrorOptimizerInput({"lr": 0.01, "eps": -1e-8}, ValueError, "Invalid epsilon", "negative eps"),
+    ],
+)
