@@ -80,16 +80,14 @@ def _reference_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], prob
 
     # torch's differentiable=True mode needs non-leaf parameters; the flag only
     # chooses an implementation, so the reference numbers come from the default one.
-    flags = [group.get("differentiable", False) for group in opt.param_groups]
-    for group in opt.param_groups:
-        if "differentiable" in group:
-            group["differentiable"] = False
+    holders = [h for h in (opt.defaults, *opt.param_groups) if h.get("differentiable")]
+    for holder in holders:
+        holder["differentiable"] = False
     try:
         opt.step(closure)
     finally:
-        for group, flag in zip(opt.param_groups, flags):
-            if "differentiable" in group:
-                group["differentiable"] = flag
+        for holder in holders:
+            holder["differentiable"] = True
 
 
 def _diff_step(info: OptimizerInfo, diffopt: DifferentiableOptimizer, problem: Problem,
