@@ -80,7 +80,7 @@ def _exact(optim_type: type) -> type[DifferentiableOptimizer] | None:
     if not providers:
         return None
     if len(providers) > 1:
-        sources = " and ".join(p.plugin.source for p in providers)
+        sources = " and ".join(sorted(p.plugin.source for p in providers))
         raise PluginConflictError(
             f"{_qualname(optim_type)} is claimed by more than one plugin: {sources}. "
             "Uninstall one of them, disable one with HIGHER_CORE_DISABLE_PLUGINS, or choose "

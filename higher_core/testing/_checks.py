@@ -54,7 +54,9 @@ class Problem:
         return [p.clone().requires_grad_() for p in self.initial]
 
 
-def _groups(params: Sequence[torch.Tensor], row: OptimizerInput) -> list[dict[str, Any]]:
+def _groups(info: OptimizerInfo, params: Sequence[torch.Tensor], row: OptimizerInput) -> list[dict[str, Any]]:
+    if info.single_group:
+        return [{"params": list(params)}]
     second = dict(row.second_group) if row.second_group is not None else (
         {"lr": row.kwargs["lr"] * 0.5} if isinstance(row.kwargs.get("lr"), float) else {}
     )
@@ -64,7 +66,7 @@ def _groups(params: Sequence[torch.Tensor], row: OptimizerInput) -> list[dict[st
 def _reference(info: OptimizerInfo, row: OptimizerInput, problem: Problem,
                warmup: int = 0) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
     params = problem.leaves()
-    opt = info.reference(_groups(params, row), **row.kwargs)
+    opt = info.reference(_groups(info, params, row), **row.kwargs)
     for _ in range(warmup):
         _reference_step(opt, params, problem)
     return opt, params
@@ -250,7 +252,7 @@ def check_error_input(info: OptimizerInfo, bad: ErrorOptimizerInput) -> None:
     params = problem.leaves()
     row = OptimizerInput(kwargs=bad.kwargs, desc=bad.desc, second_group={})
     try:
-        opt = info.reference(_groups(params, row), **bad.kwargs)
+        opt = info.reference(_groups(info, params, row), **bad.kwargs)
         get_diff_optim(opt, params)
     except bad.error_type as exc:
         assert re.search(bad.error_regex, str(exc)), (

@@ -71,6 +71,8 @@ class OptimizerInfo:
         closure: the update re-evaluates the loss (LBFGS): ``step`` is given a
             closure ``params -> loss`` instead of a loss.
         steps: steps for the parity check.
+        single_group: the reference supports one param group only (LBFGS); the
+            problem's parameters then form one group.
     """
 
     reference: type[torch.optim.Optimizer]
@@ -83,6 +85,7 @@ class OptimizerInfo:
     skips: Mapping[str, str] = field(default_factory=dict)
     closure: bool = False
     steps: int = 10
+    single_group: bool = False
 
     @property
     def name(self) -> str:
