@@ -185,6 +185,22 @@ class PatchedModule(nn.Module):
                 raise
             return getattr(patched, name)
 
+    # Containers (Sequential, ModuleList, ModuleDict) index and iterate like the original.
+    def __getitem__(self, index: Any) -> Any:
+        return self._patched[index]
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return len(self._patched)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._patched)
+
+    def __contains__(self, item: Any) -> bool:
+        return item in self._patched
+
     def train(self, mode: bool = True) -> PatchedModule:
         super().train(mode)
         self._patched.training = mode

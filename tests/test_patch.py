@@ -1,0 +1,201 @@
+"""Stateless patching: fast weights, buffers, history, devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import higher_core
+from higher_core.patch import PatchedModule, buffer_sync, make_functional, monkeypatch
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).double()
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _assert_unchanged(module, snapshot):
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, snapshot[key]), f"{key} of the original module changed"
+
+
+def test_outputs_equal_the_original_for_the_same_weights():
+    net = _net().eval()
+    fnet = monkeypatch(net)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(fnet(x), net(x), rtol=0, atol=0)
+    assert isinstance(fnet, PatchedModule) and isinstance(fnet, higher_core.patch._MonkeyPatchBase)
+
+
+def test_inner_loop_never_changes_the_original_module():
+    net = _net().train()
+    before = _snapshot(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+    x = torch.randn(8, 3, dtype=torch.float64)
+    with higher_core.innerloop_ctx(net, opt, copy_initial_weights=False) as (fnet, diffopt):
+        for _ in range(3):
+            diffopt.step(fnet(x).pow(2).sum())
+        fnet(x).pow(2).sum().backward()
+        assert not torch.equal(fnet.fast_params[0], net[0].weight)
+        # running statistics moved on the patched copy only
+        assert not torch.equal(fnet[1].running_mean, before["1.running_mean"])
+        assert fnet[1].num_batches_tracked.item() == 4
+    _assert_unchanged(net, before)
+    assert net[0].weight.grad is not None  # MAML: meta-gradients reach the module
+    assert not opt.state  # the torch optimizer's state is untouched
+
+
+def test_children_and_buffers_are_reachable_as_attributes():
+    net = _net()
+    fnet = monkeypatch(net)
+    assert fnet[1].running_mean is not net[1].running_mean
+    torch.testing.assert_close(fnet[1].running_mean, net[1].running_mean)
+    named = nn.Module()
+    named.bn = nn.BatchNorm1d(2)
+    assert monkeypatch(named).bn.running_mean is not named.bn.running_mean
+
+
+def test_train_and_eval_switch_the_patched_module_only():
+    net = _net().train()
+    fnet = monkeypatch(net)
+    fnet.eval()
+    assert not fnet.training and not fnet[1].training
+    assert net.training and net[1].training
+    fnet.train()
+    assert fnet[1].training
+
+
+def test_fast_weight_history_and_time():
+    net = nn.Linear(2, 1).double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with higher_core.innerloop_ctx(net, opt) as (fnet, diffopt):
+        initial = list(fnet.parameters())
+        steps = [diffopt.step(fnet(x).pow(2).sum()) for _ in range(3)]
+        assert list(fnet.parameters(time=0)) == initial
+        for t, weights in enumerate(steps, start=1):
+            assert all(a is b for a, b in zip(fnet.parameters(time=t), weights))
+        assert all(a is b for a, b in zip(fnet.parameters(), steps[-1]))
+        assert all(a is b for a, b in zip(fnet.fast_params, steps[-1]))
+        assert all(a is b for a, b in zip(fnet.init_fast_params, initial))
+        with pytest.raises(ValueError, match="no fast weights for time=7"):
+            fnet.parameters(time=7)
+
+
+def test_copy_initial_weights():
+    net = nn.Linear(2, 1)
+    copied = monkeypatch(net, copy_initial_weights=True)
+    assert all(f is not p and f.is_leaf and torch.equal(f, p) for f, p in zip(copied.fast_params, net.parameters()))
+    shared = monkeypatch(net, copy_initial_weights=False)
+    assert all(f is p for f, p in zip(shared.fast_params, net.parameters()))
+
+
+def test_test_mode_keeps_only_the_latest_weights_and_no_graph():
+    net = nn.Linear(2, 1).double()
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with higher_core.innerloop_ctx(net, opt, track_higher_grads=False) as (fnet, diffopt):
+        for _ in range(3):
+            weights = diffopt.step(fnet(x).pow(2).sum())
+        assert all(w.is_leaf and w.requires_grad for w in weights)
+        assert all(s["exp_avg"].grad_fn is None for s in diffopt.state.values())
+        assert len(fnet._fast_params) == 1
+        with pytest.raises(ValueError, match="keeps only the latest"):
+            fnet.parameters(time=1)
+    assert net.weight.grad is None
+
+
+def test_calling_with_params_makes_them_the_latest():
+    net = nn.Linear(2, 1).double()
+    fnet = monkeypatch(net)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    new = [torch.zeros_like(p, requires_grad=True) for p in net.parameters()]
+    assert torch.equal(fnet(x, params=new), torch.zeros(3, 1, dtype=torch.float64))
+    assert fnet.fast_params is not None and all(a is b for a, b in zip(fnet.fast_params, new))
+    fnet(x, params=new)
+    assert len(fnet._fast_params) == 2  # the same weights again are not appended twice
+    with pytest.raises(ValueError, match="expected 2 fast weights"):
+        fnet(x, params=new[:1])
+
+
+def test_make_functional_needs_params_and_runs_the_encapsulator():
+    net = nn.Linear(2, 2)
+    fnet = make_functional(net)
+    with pytest.raises(ValueError, match="no fast weights yet"):
+        fnet(torch.ones(1, 2))
+    weights = [p.detach().clone() for p in net.parameters()]
+    torch.testing.assert_close(fnet(torch.ones(1, 2), params=weights), net(torch.ones(1, 2)))
+    seen = []
+    make_functional(net, encapsulator=lambda f, m: seen.append((type(f), m)))
+    assert seen == [(PatchedModule, net)]
+
+
+def test_buffer_sync_copies_the_buffers():
+    net = _net()
+    fnet = monkeypatch(net)
+    with torch.no_grad():
+        net[1].running_mean.fill_(3.0)
+    buffer_sync(net, fnet)
+    assert torch.equal(fnet[1].running_mean, net[1].running_mean)
+    assert fnet[1].running_mean is not net[1].running_mean
+
+
+def test_device_is_honoured_for_weights_and_buffers():
+    net = _net()
+    fnet = monkeypatch(net, device="meta")
+    assert all(p.device.type == "meta" for p in fnet.fast_params)
+    assert fnet[1].running_mean.device.type == "meta"
+    assert net[1].running_mean.device.type == "cpu"
+    assert fnet(torch.empty(5, 3, dtype=torch.float64, device="meta")).device.type == "meta"
+
+
+def test_frozen_parameters_stay_frozen():
+    net = nn.Linear(2, 2).double()
+    net.bias.requires_grad_(False)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with higher_core.innerloop_ctx(net, opt) as (fnet, diffopt):
+        assert not fnet.fast_params[1].requires_grad
+        new = diffopt.step(fnet(torch.ones(1, 2, dtype=torch.float64)).sum())
+        assert torch.equal(new[1], net.bias)
+
+
+def test_tied_weights_are_one_fast_weight():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encode = nn.Linear(3, 3, bias=False)
+            self.decode = nn.Linear(3, 3, bias=False)
+            self.decode.weight = self.encode.weight
+
+        def forward(self, x):
+            return self.decode(self.encode(x))
+
+    net = Tied().double()
+    fnet = monkeypatch(net)
+    assert len(fnet.fast_params) == 1
+    w = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(fnet(x, params=[w]), x @ w.t() @ w.t())
+    assert fnet.encode.weight is w and fnet.decode.weight is w
+
+
+def test_recurrent_modules_use_the_fast_weights():
+    lstm = nn.LSTM(3, 4, num_layers=2, batch_first=True).double()
+    flstm = monkeypatch(lstm)
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    doubled = [2 * p for p in flstm.fast_params]
+    out, _ = flstm(x, params=doubled)
+    expected, _ = torch.func.functional_call(lstm, dict(zip(dict(lstm.named_parameters()), doubled)), (x,))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_get_func_params_and_flatten():
+    net = nn.Linear(2, 1)
+    copies = higher_core.utils.get_func_params(net)
+    assert all(c.is_leaf and c.requires_grad and c is not p for c, p in zip(copies, net.parameters()))
+    assert all(c.data_ptr() != p.data_ptr() for c, p in zip(copies, net.parameters()))
+    assert higher_core.utils.flatten({"a": [1, (2, {3})], "b": {"c": 4}}) == [1, 2, 3, 4]
