@@ -8,7 +8,7 @@ Example:
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
     >>> x, y = torch.randn(8, 4), torch.randn(8, 1)
     >>> with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
-    ...     diffopt.step(torch.nn.functional.mse_loss(fmodel(x), y))
+    ...     _ = diffopt.step(torch.nn.functional.mse_loss(fmodel(x), y))
     ...     torch.nn.functional.mse_loss(fmodel(x), y).backward()
 """
 

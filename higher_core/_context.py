@@ -48,7 +48,7 @@ def innerloop_ctx(
         >>> x, y = torch.randn(8, 4), torch.randn(8, 1)
         >>> with higher_core.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
         ...     for _ in range(3):
-        ...         diffopt.step(torch.nn.functional.mse_loss(fmodel(x), y))
+        ...         _ = diffopt.step(torch.nn.functional.mse_loss(fmodel(x), y))
         ...     torch.nn.functional.mse_loss(fmodel(x), y).backward()
         >>> model.weight.grad.shape
         torch.Size([1, 4])

@@ -275,5 +275,68 @@ class DifferentiableOptimizer:
                 if isinstance(value, torch.Tensor) and value.requires_grad:
                     state[key] = value.detach()
 
+    def truncate(self) -> None:
+        """Cut the unrolled graph here (truncated back-propagation through the inner loop).
+
+        Detaches the optimizer state and, with an ``fmodel``, its fast weights, so a
+        long unroll can be split into windows: gradients of later losses stop at
+        this step.
+
+        Example:
+            >>> import torch, higher_core
+            >>> model = torch.nn.Linear(2, 1)
+            >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
+            ...     for step in range(6):
+            ...         _ = diffopt.step(fmodel(torch.ones(1, 2)).pow(2).sum())
+            ...         if step % 3 == 2:
+            ...             diffopt.truncate()
+        """
+        self.detach_state()
+        if self._fmodel is not None and self._fmodel.fast_params is not None:
+            self._fmodel.detach_()
+
+    def export_state(self, opt: torch.optim.Optimizer) -> None:
+        """Write this optimizer's state into ``opt`` (the optimizer it was built from).
+
+        State tensors are copied detached onto each parameter's device, ``step``
+        as a tensor as ``torch.optim`` keeps it, so that ordinary training can
+        continue from the end of an inner loop. Pair it with
+        :meth:`higher_core.patch.PatchedModule.copy_to` for the weights.
+
+        Example:
+            >>> import torch, higher_core
+            >>> model = torch.nn.Linear(2, 1)
+            >>> opt = torch.optim.Adam(model.parameters(), lr=0.1)
+            >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
+            ...     _ = diffopt.step(fmodel(torch.ones(1, 2)).sum())
+            ...     fmodel.copy_to(model)
+            ...     diffopt.export_state(opt)
+            >>> float(opt.state[model.weight]["step"])
+            1.0
+        """
+        if [len(g["params"]) for g in opt.param_groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError(
+                "export_state: the optimizer's param groups differ from the ones this differentiable "
+                "optimizer was built from; pass that optimizer"
+            )
+        for ours, theirs in zip(self.param_groups, opt.param_groups):
+            for index, param in zip(ours["params"], theirs["params"]):
+                if index in self.state:
+                    opt.state[param] = self.export_param_state(self.state[index], param)
+
+    def export_param_state(self, state: Mapping[str, Any], param: torch.Tensor) -> dict[str, Any]:
+        """One parameter's state as ``torch.optim`` keeps it (the inverse of :meth:`import_state`)."""
+        scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        exported: dict[str, Any] = {}
+        for key, value in state.items():
+            if key == "step" and not isinstance(value, torch.Tensor):
+                exported[key] = torch.tensor(float(value), dtype=scalar_dtype)
+            elif isinstance(value, torch.Tensor):
+                exported[key] = value.detach().to(device=param.device, copy=True)
+            else:
+                exported[key] = value
+        return exported
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.param_groups)} param group(s), {self._num_params} parameters)"

@@ -82,7 +82,7 @@ def _exact(optim_type: type) -> type[DifferentiableOptimizer] | None:
     if len(providers) > 1:
         sources = " and ".join(sorted(p.plugin.source for p in providers))
         raise PluginConflictError(
-            f"{_qualname(optim_type)} is claimed by more than one plugin: {sources}. "
+            f"{qualified_name(optim_type)} is claimed by more than one plugin: {sources}. "
             "Uninstall one of them, disable one with HIGHER_CORE_DISABLE_PLUGINS, or choose "
             f"explicitly with higher_core.register_optim({optim_type.__name__}, ...)."
         )
@@ -112,8 +112,8 @@ def resolve(optim_type: type) -> type[DifferentiableOptimizer]:
     diff_type, registered_for = found
     if registered_for is not optim_type:
         warnings.warn(
-            f"{_qualname(optim_type)} has no differentiable optimizer of its own; using "
-            f"{diff_type.__name__}, registered for its base class {_qualname(registered_for)}. "
+            f"{qualified_name(optim_type)} has no differentiable optimizer of its own; using "
+            f"{diff_type.__name__}, registered for its base class {qualified_name(registered_for)}. "
             "If the subclass changes the update rule, register its own with "
             "higher_core.register_optim.",
             SubclassResolutionWarning,
@@ -122,7 +122,8 @@ def resolve(optim_type: type) -> type[DifferentiableOptimizer]:
     return diff_type
 
 
-def _qualname(t: type) -> str:
+def qualified_name(t: type) -> str:
+    """``torch.optim.Adam`` for torch's optimizers, ``module.Qualname`` otherwise."""
     module = t.__module__
     if module.startswith("torch.optim") and getattr(torch.optim, t.__name__, None) is t:
         module = "torch.optim"
@@ -138,7 +139,7 @@ def pip_name_for(optim_type: type) -> str | None:
 
 def missing_optimizer_message(optim_type: type) -> str:
     """The refusal for an optimizer type no installed plugin supports."""
-    name = _qualname(optim_type)
+    name = qualified_name(optim_type)
     reason = REFUSED.get(optim_type.__name__)
     if reason is not None and getattr(torch.optim, optim_type.__name__, None) is optim_type:
         return f"{name} is not supported by higher-core: {reason}."

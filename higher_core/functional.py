@@ -52,6 +52,7 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     at every order of differentiation.
 
     Example:
+        >>> import torch
         >>> x = torch.tensor([0.0, 4.0], requires_grad=True)
         >>> torch.autograd.grad(safe_sqrt(x).sum(), x)[0]
         tensor([0.0000, 0.2500])

@@ -164,6 +164,59 @@ class PatchedModule(nn.Module):
                 + ("" if self._track_higher_grads else " (track_higher_grads=False keeps only the latest)")
             ) from None
 
+    def detach_(self) -> PatchedModule:
+        """Cut the graph here: the latest fast weights become detached leaves (truncated backprop).
+
+        The history is reset to these weights, so ``parameters(time=0)`` is the cut
+        point. Frozen weights stay frozen. See also
+        :meth:`higher_core.optim.DifferentiableOptimizer.truncate`, which does this
+        and detaches the optimizer state too.
+
+        Example:
+            >>> import torch, higher_core
+            >>> fnet = higher_core.patch.monkeypatch(torch.nn.Linear(2, 1))
+            >>> fnet.update_params([2 * p for p in fnet.fast_params])
+            >>> fnet.detach_().fast_params[0].is_leaf
+            True
+        """
+        if self._fast_params is None:
+            raise ValueError("this patched module has no fast weights yet")
+        latest = [p.detach().requires_grad_(p.requires_grad) for p in self._fast_params[-1]]
+        self.__dict__["_fast_params"] = None
+        self.update_params(latest)
+        return self
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module, buffers: bool = False) -> None:
+        """Copy the latest fast weights (and, with ``buffers=True``, the buffers) into ``module``.
+
+        ``module`` is the original module (or one with the same structure); its
+        parameters are overwritten in place, outside autograd, so an adapted model
+        can be kept or trained on as usual.
+
+        Example:
+            >>> import torch, higher_core
+            >>> net = torch.nn.Linear(2, 1)
+            >>> fnet = higher_core.patch.monkeypatch(net)
+            >>> fnet.update_params([torch.zeros_like(p) for p in net.parameters()])
+            >>> fnet.copy_to(net)
+            >>> float(net.weight.detach().abs().sum())
+            0.0
+        """
+        if self._fast_params is None:
+            raise ValueError("this patched module has no fast weights yet")
+        targets = list(module.parameters())
+        if [tuple(p.shape) for p in targets] != self._param_shapes:
+            raise ValueError(
+                "copy_to: the module's parameters do not match the patched module's fast weights "
+                "(pass the module that was patched)"
+            )
+        for target, fast in zip(targets, self._fast_params[-1]):
+            target.copy_(fast)
+        if buffers:
+            for name, buf in self._patched.named_buffers():
+                module.get_buffer(name).copy_(buf)
+
     @property
     def track_higher_grads(self) -> bool:
         """Whether the history of fast weights (and so the unrolled graph) is kept."""

@@ -14,6 +14,7 @@ def flatten(x: Any) -> list[Any]:
     """A flat list of the leaves of a nested structure of dicts, lists, tuples and sets.
 
     Example:
+        >>> from higher_core.utils import flatten
         >>> flatten({"a": [1, (2, 3)], "b": 4})
         [1, 2, 3, 4]
     """
@@ -37,6 +38,7 @@ def get_func_params(module: nn.Module, device: torch.device | str | None = None,
 
     Example:
         >>> import torch
+        >>> from higher_core.utils import get_func_params
         >>> ws = get_func_params(torch.nn.Linear(2, 1))
         >>> [w.requires_grad and w.is_leaf for w in ws]
         [True, True]

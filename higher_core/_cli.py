@@ -1,0 +1,93 @@
+"""The ``higher-core`` command: ``higher-core plugins [--json] [--strict]``.
+
+Lists every installed plugin distribution with its version, the optimizers it
+provides (reference type -> differentiable class), and every plugin that failed
+to load, with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "plugin_report"]
+
+
+def _name(t: type) -> str:
+    from higher_core._registry import qualified_name
+
+    return qualified_name(t)
+
+
+def plugin_report() -> dict[str, Any]:
+    """What ``higher-core plugins --json`` prints: plugins, their optimizers, failures."""
+    from higher_core._plugins import plugin_host
+
+    host = plugin_host()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # failures are part of the report
+        table = host.table()
+        records = host.records()
+    plugins = []
+    for record in records:
+        provided = [
+            {"optimizer": _name(p.optimizer_type), "differentiable": _name(p.diff_type)}
+            for providers in table.providers.values()
+            for p in providers
+            if p.plugin == record
+        ]
+        plugins.append({
+            "name": record.name,
+            "distribution": record.distribution,
+            "version": record.version,
+            "entry_point": record.entry_point,
+            "optimizers": sorted(provided, key=lambda o: o["optimizer"]),
+        })
+    conflicts = {
+        _name(t): sorted(p.plugin.source for p in providers)
+        for t, providers in table.providers.items()
+        if len(providers) > 1
+    }
+    return {
+        "plugins": sorted(plugins, key=lambda p: p["name"]),
+        "failed": [{"source": f.source, "error": f.error} for f in table.failures],
+        "conflicts": conflicts,
+    }
+
+
+def _print_text(report: dict[str, Any]) -> None:
+    if not report["plugins"]:
+        print("no higher-core plugins installed (try `pip install higher-adam`)")
+    for plugin in report["plugins"]:
+        origin = plugin["distribution"] or plugin["name"]
+        print(f"{origin} {plugin['version'] or ''}".rstrip())
+        for opt in plugin["optimizers"]:
+            print(f"    {opt['optimizer']} -> {opt['differentiable']}")
+        if not plugin["optimizers"]:
+            print("    (no optimizers)")
+    for failure in report["failed"]:
+        print(f"FAILED {failure['source']}: {failure['error']}")
+    for optimizer, sources in report["conflicts"].items():
+        print(f"CONFLICT {optimizer}: claimed by {' and '.join(sources)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="higher-core", description="higher-core's plugin tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    plugins = commands.add_parser("plugins", help="list installed plugins and the optimizers they provide")
+    plugins.add_argument("--json", action="store_true", help="print JSON for machines")
+    plugins.add_argument("--strict", action="store_true",
+                         help="exit with status 1 when a plugin failed to load or two plugins conflict")
+    args = parser.parse_args(argv)
+
+    report = plugin_report()
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        _print_text(report)
+    return 1 if args.strict and (report["failed"] or report["conflicts"]) else 0
