@@ -145,8 +145,14 @@ def check_continue_from_reference(info: OptimizerInfo, row: OptimizerInput) -> N
 
 
 def _unrolled(info: OptimizerInfo, row: OptimizerInput, problem: Problem,
-              steps: int) -> Callable[..., torch.Tensor]:
-    opt, ref_params = _reference(info, row, problem)
+              steps: int) -> tuple[Callable[..., torch.Tensor], Callable[[], tuple[torch.Tensor, ...]]]:
+    """The loss after ``steps`` differentiable steps, as a function of the starting weights,
+    and a maker of fresh starting weights (the reference's after ``info.gradcheck_warmup`` steps)."""
+    opt, ref_params = _reference(info, row, problem, warmup=info.gradcheck_warmup)
+    start = [p.detach().clone() for p in ref_params]
+
+    def leaves() -> tuple[torch.Tensor, ...]:
+        return tuple(p.clone().requires_grad_() for p in start)
 
     def unrolled(*initial: torch.Tensor, override: Mapping[str, Any] | None = None) -> torch.Tensor:
         diffopt = get_diff_optim(opt, ref_params, override=override)
@@ -155,14 +161,15 @@ def _unrolled(info: OptimizerInfo, row: OptimizerInput, problem: Problem,
             fast = _diff_step(info, diffopt, problem, fast)
         return problem.loss(fast)
 
-    return unrolled
+    return unrolled, leaves
 
 
 def check_gradcheck(info: OptimizerInfo, row: OptimizerInput, steps: int = 2) -> None:
-    """``gradcheck`` and ``gradgradcheck`` through two unrolled steps w.r.t. the initial weights."""
+    """``gradcheck`` and ``gradgradcheck`` through two unrolled steps w.r.t. the starting weights
+    (after ``info.gradcheck_warmup`` reference steps)."""
     problem = Problem(info.shapes)
-    unrolled = _unrolled(info, row, problem, steps)
-    inputs = tuple(problem.leaves())
+    unrolled, leaves = _unrolled(info, row, problem, steps)
+    inputs = leaves()
     assert torch.autograd.gradcheck(unrolled, inputs), "gradcheck w.r.t. the initial weights"
     if "gradgradcheck" not in info.skips:
         assert torch.autograd.gradgradcheck(unrolled, inputs), "gradgradcheck w.r.t. the initial weights"
@@ -181,7 +188,7 @@ def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 
     from higher_core._registry import resolve
 
     problem = Problem(info.shapes)
-    unrolled = _unrolled(info, row, problem, steps)
+    unrolled, leaves = _unrolled(info, row, problem, steps)
     opt, _ = _reference(info, row, problem)
     checked = []
     for name in hyperparameters_of(info, resolve(info.reference)):
@@ -192,7 +199,7 @@ def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 
                 entries = list(values)
                 entries[k] = h
                 given = tuple(entries) if isinstance(value, tuple) else entries[0]
-                return unrolled(*problem.leaves(), override={name: [given]})
+                return unrolled(*leaves(), override={name: [given]})
 
             h = torch.tensor(float(values[k]), dtype=torch.float64, requires_grad=True)
             assert torch.autograd.gradcheck(of_hyperparameter, (h,)), f"gradcheck w.r.t. {name}[{k}]"

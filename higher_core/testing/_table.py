@@ -71,6 +71,9 @@ class OptimizerInfo:
         closure: the update re-evaluates the loss (LBFGS): ``step`` is given a
             closure ``params -> loss`` instead of a loss.
         steps: steps for the parity check.
+        gradcheck_warmup: reference steps taken before the gradient checks unroll,
+            so that they reach branches that only later steps take (RAdam's
+            rectification).
         single_group: the reference supports one param group only (LBFGS); the
             problem's parameters then form one group.
     """
@@ -85,6 +88,7 @@ class OptimizerInfo:
     skips: Mapping[str, str] = field(default_factory=dict)
     closure: bool = False
     steps: int = 10
+    gradcheck_warmup: int = 0
     single_group: bool = False
 
     @property

@@ -1,0 +1,114 @@
+"""Adagrad-specific behaviour of higher-adagrad (the shared suite covers the rest)."""
+
+from __future__ import annotations
+
+import torch
+
+import higher_core
+from higher_adagrad import DifferentiableAdagrad
+from higher_core.testing import Problem
+
+
+def _problem_and_opt(**kwargs):
+    problem = Problem(((3, 2), (2,)))
+    params = problem.leaves()
+    return problem, params, torch.optim.Adagrad(params, **kwargs)
+
+
+def _torch_step(opt, params, problem):
+    opt.zero_grad()
+    problem.loss(params).backward()
+    opt.step()
+
+
+def test_entry_point_discovered():
+    assert higher_core.optim.DifferentiableAdagrad is DifferentiableAdagrad
+    _, params, opt = _problem_and_opt(lr=0.1)
+    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableAdagrad
+
+
+def test_constructor_state_is_recreated_identically():
+    _, params, opt = _problem_and_opt(lr=0.1, initial_accumulator_value=0.7)
+    assert all(len(opt.state[p]) == 2 for p in params)  # torch made state eagerly
+    diffopt = higher_core.get_diff_optim(opt, params)
+    assert diffopt.state == {}
+    for i, p in enumerate(params):
+        fresh = diffopt.init_state(p, diffopt.param_groups[0])
+        assert fresh["step"] == opt.state[p]["step"].item() == 0
+        assert torch.equal(fresh["sum"], opt.state[p]["sum"])
+
+
+def test_modified_initial_state_is_imported():
+    problem, params, opt = _problem_and_opt(lr=0.1, initial_accumulator_value=0.7)
+    with torch.no_grad():
+        opt.state[params[0]]["sum"].fill_(3.0)  # no longer the constructor's accumulator
+    diffopt = higher_core.get_diff_optim(opt, params)
+    assert set(diffopt.state) == {0}
+    fast = [p.detach().clone().requires_grad_() for p in params]
+    for _ in range(3):
+        fast = diffopt.step(problem.loss(fast), params=fast)
+        _torch_step(opt, params, problem)
+    for ours, theirs in zip(fast, params):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+
+
+def test_group_initial_accumulator_value_is_ignored_like_torch():
+    problem = Problem(((3, 2), (2,)))
+    params = problem.leaves()
+    opt = torch.optim.Adagrad([{"params": [params[0]]},
+                               {"params": [params[1]], "initial_accumulator_value": 5.0}],
+                              lr=0.1, initial_accumulator_value=0.25)
+    diffopt = higher_core.get_diff_optim(opt, params)
+    fast = [p.detach().clone().requires_grad_() for p in params]
+    fast = diffopt.step(problem.loss(fast), params=fast)
+    _torch_step(opt, params, problem)
+    for i, p in enumerate(params):
+        assert torch.equal(diffopt.state[i]["sum"], opt.state[p]["sum"])
+        torch.testing.assert_close(fast[i], p, rtol=1e-12, atol=0)
+
+
+def test_create_diff_optim_builds_state_from_real_params():
+    problem = Problem(((3, 2), (2,)))
+    fast = problem.leaves()
+    diffopt = higher_core.optim.create_diff_optim(
+        torch.optim.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.5}, params=fast)
+    fast = diffopt.step(problem.loss(fast), params=fast)
+    assert all(torch.isfinite(p).all() and not p.is_meta for p in fast)
+    assert not diffopt.state[0]["sum"].is_meta
+
+
+def test_initial_accumulator_value_receives_hypergradient():
+    problem, params, opt = _problem_and_opt(lr=0.1, initial_accumulator_value=0.5)
+    value = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    diffopt = higher_core.get_diff_optim(opt, params, override={"initial_accumulator_value": [value]})
+    fast = problem.leaves()
+    for _ in range(2):
+        fast = diffopt.step(problem.loss(fast), params=fast)
+    (hypergradient,) = torch.autograd.grad(problem.loss(fast), value)
+    assert torch.isfinite(hypergradient) and hypergradient != 0
+
+
+def test_complex_parameters_match_torch():
+    # torch steps complex parameters on their real view; so does the plugin, bit for bit
+    def loss(ps):
+        return sum((p.abs() ** 2).sum() + p.real.sin().sum() + 0.3 * (p.imag ** 3).sum() for p in ps)
+
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.randn(shape, dtype=torch.complex128, generator=generator).requires_grad_()
+              for shape in ((3, 2), (2,))]
+    opt = torch.optim.Adagrad(params, lr=0.1, initial_accumulator_value=0.2, weight_decay=0.1, lr_decay=0.1)
+    diffopt = higher_core.get_diff_optim(opt, params)
+    initial = [p.detach().clone().requires_grad_() for p in params]
+    fast = list(initial)
+    for _ in range(6):
+        fast = diffopt.step(loss(fast), params=fast)
+        opt.zero_grad()
+        loss(params).backward()
+        opt.step()
+    for i, (ours, theirs) in enumerate(zip(fast, params)):
+        assert torch.equal(ours.detach(), theirs.detach())
+        for key, value in opt.state[theirs].items():
+            mine = diffopt.state[i][key]
+            assert torch.equal(torch.as_tensor(mine).to(value.dtype), value), key
+    meta = torch.autograd.grad(loss(fast), initial)
+    assert all(torch.isfinite(torch.view_as_real(g)).all() for g in meta)

@@ -1,0 +1,83 @@
+"""Out-of-place Adamax, with every option of the installed ``torch.optim.Adamax``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from higher_core.functional import add_scaled, addcdiv, is_zero
+from higher_core.optim import DifferentiableOptimizer, State
+
+
+def _as_real(t: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as its ``(..., 2)`` real view (torch updates complex params that way)."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _like(t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`_as_real` for a result computed on the real view of ``reference``."""
+    return torch.view_as_complex(t) if reference.is_complex() else t
+
+
+class DifferentiableAdamax(DifferentiableOptimizer):
+    r"""A differentiable version of ``torch.optim.Adamax``, with the installed torch's numerics.
+
+    .. math::
+        g_t &= \pm\nabla_\theta f(\theta_{t-1}) \;(+\, \lambda\theta_{t-1}) \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t \\
+        u_t &= \max(\beta_2 u_{t-1},\, |g_t| + \epsilon) \\
+        \theta_t &= \theta_{t-1} - \frac{\gamma}{1-\beta_1^t}\,\frac{m_t}{u_t}
+
+    The infinity norm is the elementwise ``torch.maximum`` of torch's default
+    path; its ``differentiable=True`` path takes ``amax`` over the two stacked
+    candidates, which gives the same numbers and the same (tie-splitting)
+    gradient. ``abs`` has derivative 0 at 0 and :math:`u_t \ge \epsilon`, so
+    meta-gradients stay finite when gradient entries are exactly zero (as long
+    as ``eps > 0``; with ``eps=0`` torch itself divides 0 by 0). Complex
+    parameters are updated on their real view, as torch does. ``foreach``,
+    ``capturable`` and ``differentiable`` change no numbers here.
+
+    Example:
+        >>> import torch, higher_core
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.Adamax(model.parameters(), lr=1e-2, weight_decay=1e-3)
+        >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
+        ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
+    """
+
+    tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
+
+    def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
+        return {
+            "step": 0.0,
+            "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "exp_inf": torch.zeros_like(param, memory_format=torch.preserve_format),
+        }
+
+    def update(
+        self,
+        group: Mapping[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[State],
+    ) -> tuple[list[torch.Tensor], list[State]]:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        weight_decay = group["weight_decay"]
+        new_params, new_states = [], []
+        for original, grad, state in zip(params, grads, states):
+            if group.get("maximize", False):
+                grad = -grad
+            step = state["step"] + 1
+            if not is_zero(weight_decay):
+                grad = add_scaled(grad, original, weight_decay)
+            param, grad = _as_real(original), _as_real(grad)
+            exp_avg = torch.lerp(_as_real(state["exp_avg"]), grad, 1 - beta1)
+            exp_inf = torch.maximum(_as_real(state["exp_inf"]) * beta2, grad.abs() + eps)
+            step_size = lr / (1 - beta1**step)
+            new_params.append(_like(addcdiv(param, exp_avg, exp_inf, -step_size), original))
+            new_states.append(
+                {**state, "step": step, "exp_avg": _like(exp_avg, original), "exp_inf": _like(exp_inf, original)}
+            )
+        return new_params, new_states

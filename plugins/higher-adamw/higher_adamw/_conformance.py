@@ -1,0 +1,53 @@
+"""The conformance table of ``higher-adamw``: option combinations and bad inputs."""
+
+from __future__ import annotations
+
+import torch
+
+from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+
+ADAMW_INFO = OptimizerInfo(
+    reference=torch.optim.AdamW,
+    inputs=[
+        OptimizerInput({"lr": 0.01}, "default"),
+        OptimizerInput({"lr": 0.02, "betas": (0.8, 0.9), "eps": 1e-6}, "betas+eps"),
+        OptimizerInput({"lr": 0.01, "weight_decay": 0.5}, "weight_decay"),
+        OptimizerInput({"lr": 0.01, "weight_decay": 0.0}, "no-decay"),
+        OptimizerInput({"lr": 0.01, "amsgrad": True}, "amsgrad"),
+        OptimizerInput({"lr": 0.01, "maximize": True, "amsgrad": True}, "maximize+amsgrad"),
+        OptimizerInput({"lr": torch.tensor(0.01, dtype=torch.float64)}, "tensor-lr"),
+        OptimizerInput(
+            {"lr": 0.01, "betas": (torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.99, dtype=torch.float64))},
+            "tensor-betas",
+        ),
+        OptimizerInput(
+            {"lr": 0.01, "weight_decay": 0.2, "amsgrad": True, "betas": (0.85, 0.95), "eps": 1e-7},
+            "groups-differ",
+            second_group={"lr": 0.03, "betas": (0.5, 0.99), "weight_decay": 0.0, "eps": 1e-5},
+        ),
+        OptimizerInput({"lr": 0.01, "weight_decay": 0.1, "foreach": True}, "foreach"),
+        OptimizerInput({"lr": 0.01, "weight_decay": 0.1, "fused": True}, "fused"),
+        OptimizerInput({"lr": 0.01, "weight_decay": 0.1, "differentiable": True}, "differentiable-flag"),
+    ],
+    error_inputs=[
+        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Invalid learning rate", "negative lr"),
+        ErrorOptimizerInput({"lr": 0.01, "betas": (1.0, 0.9)}, ValueError, "Invalid beta parameter at index 0", "beta1=1"),
+        ErrorOptimizerInput({"lr": 0.01, "betas": (0.9, -0.1)}, ValueError, "Invalid beta parameter at index 1", "beta2<0"),
+        ErrorOptimizerInput({"lr": 0.01, "eps": -1e-8}, ValueError, "Invalid epsilon", "negative eps"),
+        ErrorOptimizerInput({"lr": 0.01, "weight_decay": -0.1}, ValueError, "Invalid weight_decay", "negative decay"),
+        ErrorOptimizerInput(
+            {"lr": torch.tensor([0.01, 0.02])}, ValueError, "Tensor lr must be 1-element", "tensor lr of 2 elements"
+        ),
+        ErrorOptimizerInput(
+            {"lr": 0.01, "betas": (0.9, torch.tensor(0.999))}, ValueError, "betas must be either both floats",
+            "mixed betas"
+        ),
+        ErrorOptimizerInput(
+            {"lr": 0.01, "fused": True, "foreach": True}, RuntimeError, "cannot be `True` together", "fused+foreach"
+        ),
+        ErrorOptimizerInput(
+            {"lr": 0.01, "fused": True, "differentiable": True}, RuntimeError, "does not support `differentiable`",
+            "fused+differentiable"
+        ),
+    ],
+)

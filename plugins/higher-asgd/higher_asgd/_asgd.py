@@ -1,0 +1,119 @@
+"""Out-of-place ASGD (averaged SGD), with every option of the installed ``torch.optim.ASGD``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from higher_core.functional import add_scaled, is_zero
+from higher_core.optim import DifferentiableOptimizer, State
+
+_SCALARS = ("eta", "mu")
+
+
+def _stored(value: Any) -> Any:
+    """``value`` as torch stores it: a 0-d tensor of torch's scalar dtype (float32 unless the
+    default dtype is float64), read back as a Python number. A tensor that requires grad (an
+    override being learned) is kept as it is, in full precision."""
+    if isinstance(value, torch.Tensor):
+        if value.requires_grad:
+            return value
+        value = value.item()
+    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    return torch.tensor(value, dtype=dtype).item()
+
+
+class DifferentiableASGD(DifferentiableOptimizer):
+    r"""A differentiable version of ``torch.optim.ASGD``, with the installed torch's numerics.
+
+    .. math::
+        g_t &= \pm\nabla_\theta f(\theta_{t-1}) \;(+\, \lambda_{wd}\theta_{t-1}) \\
+        \theta_t &= (1 - \lambda\eta_{t-1})\,\theta_{t-1} - \eta_{t-1} g_t \\
+        \bar\theta_t &= \theta_t \text{ if } \mu_{t-1} = 1 \text{ else }
+            \bar\theta_{t-1} + \mu_{t-1}(\theta_t - \bar\theta_{t-1}) \\
+        \eta_t &= \frac{\gamma}{(1 + \lambda\gamma t)^{\alpha}}, \qquad
+        \mu_t = \frac{1}{\max(1,\, t - t_0)} \qquad (\eta_0 = \gamma,\ \mu_0 = 1)
+
+    The states are torch's: ``step``, ``eta``, ``mu`` and ``ax`` (the average
+    :math:`\bar\theta`, which the parameters do not depend on). torch keeps ``eta``
+    and ``mu`` as 0-d tensors of its scalar dtype (float32 unless the default dtype
+    is float64) and updates them after the parameter update; here they are Python
+    numbers rounded the same way, so the numbers match torch's. When ``lr``,
+    ``lambd`` or ``alpha`` (for ``eta``) or ``t0`` (for ``mu``) is a tensor that
+    requires grad (an override), the new value is a tensor in full precision
+    instead, so that it receives gradients (torch's ``eta`` and ``mu`` carry no
+    graph). Complex parameters are stepped on their real view, as in torch.
+    ``foreach``, ``capturable`` and ``differentiable`` change no numbers here.
+
+    Example:
+        >>> import torch, higher_core
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.ASGD(model.parameters(), lr=1e-2, t0=2.0)
+        >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
+        ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
+    """
+
+    tensor_hyperparameters = ("lr", "lambd", "alpha", "t0", "weight_decay")
+
+    def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State:
+        imported = super().import_state(state, device)
+        for key in _SCALARS:  # torch's 0-d tensors, read as numbers
+            value = imported.get(key)
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                imported[key] = value.item()
+        return imported
+
+    def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
+        return {
+            "step": 0.0,
+            "eta": _stored(group["lr"]),
+            "mu": 1.0,
+            "ax": torch.zeros_like(param, memory_format=torch.preserve_format),
+        }
+
+    def update(
+        self,
+        group: Mapping[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[State],
+    ) -> tuple[list[torch.Tensor], list[State]]:
+        new_params, new_states = [], []
+        for param, grad, state in zip(params, grads, states):
+            if param.is_complex():  # torch works on the real view, as here
+                new_param, new_state = self._update_one(
+                    group, torch.view_as_real(param), torch.view_as_real(grad),
+                    {**state, "ax": torch.view_as_real(state["ax"])})
+                new_param = torch.view_as_complex(new_param)
+                new_state["ax"] = torch.view_as_complex(new_state["ax"])
+            else:
+                new_param, new_state = self._update_one(group, param, grad, state)
+            new_params.append(new_param)
+            new_states.append(new_state)
+        return new_params, new_states
+
+    @staticmethod
+    def _update_one(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
+                    state: State) -> tuple[torch.Tensor, State]:
+        lr, lambd, alpha, t0 = group["lr"], group["lambd"], group["alpha"], group["t0"]
+        weight_decay = group["weight_decay"]
+        if group.get("maximize", False):
+            grad = -grad
+        step = state["step"] + 1
+        eta, mu = state["eta"], state["mu"]
+        if not is_zero(weight_decay):
+            grad = add_scaled(grad, param, weight_decay)
+        param = add_scaled(param * (1 - lambd * eta), grad, -eta)
+        if (mu.detach().item() if isinstance(mu, torch.Tensor) else mu) != 1:
+            ax = state["ax"] + (param - state["ax"]) * mu
+        else:
+            ax = param.clone()
+        # torch updates eta and mu after the parameter, for the next step
+        eta = _stored(lr / ((1 + lambd * lr * step) ** alpha))
+        if isinstance(t0, torch.Tensor):
+            mu = _stored(1 / torch.clamp(step - t0, min=1))
+        else:
+            mu = _stored(1 / max(1, step - t0))
+        return param, {**state, "step": step, "ax": ax, "eta": eta, "mu": mu}
