@@ -73,6 +73,9 @@ class DifferentiableOptimizer:
 
     #: hyperparameters that may be given as tensors requiring grad
     tensor_hyperparameters: ClassVar[tuple[str, ...]] = ("lr",)
+    #: update complex parameters on their real views (``torch.view_as_real``), as
+    #: ``torch.optim``'s element-wise optimizers do; if False they are refused
+    complex_as_real: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -229,9 +232,12 @@ class DifferentiableOptimizer:
             if not indices:
                 continue
             states = [self.state[i] if i in self.state else self.init_state(params[i], group) for i in indices]
-            updated, new_states = self.update(
-                group, [params[i] for i in indices], [grads[i] for i in indices], states  # type: ignore[misc]
-            )
+            group_params = [params[i] for i in indices]
+            group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
+            if any(p.is_complex() for p in group_params):
+                updated, new_states = self._update_complex(group, group_params, group_grads, states)
+            else:
+                updated, new_states = self.update(group, group_params, group_grads, states)
             for i, p, s in zip(indices, updated, new_states):
                 new_params[i] = p
                 self.state[i] = s
@@ -245,6 +251,42 @@ class DifferentiableOptimizer:
         if self._fmodel is not None:
             self._fmodel.update_params(new_params)
         return new_params
+
+    def _update_complex(
+        self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor], states: list[State]
+    ) -> tuple[list[torch.Tensor], list[State]]:
+        """:meth:`update` on the real views of complex parameters, gradients and state.
+
+        ``torch.optim`` steps a complex parameter as its ``(..., 2)`` real view; the
+        operations it applies before taking the view (``maximize``, weight decay)
+        are element-wise and linear, so applying them to the view gives the same
+        numbers.
+        """
+        if not self.complex_as_real:
+            raise ValueError(
+                f"{type(self).__name__} does not support complex parameters (as {self._optimizer_name} does not)"
+            )
+
+        def real(value: Any) -> Any:
+            return torch.view_as_real(value) if isinstance(value, torch.Tensor) and value.is_complex() else value
+
+        updated, new_states = self.update(
+            group, [real(p) for p in params], [real(g) for g in grads],
+            [{k: real(v) for k, v in s.items()} for s in states],
+        )
+        restored_states = []
+        for param, old, new in zip(params, states, new_states):
+            # state that was complex, and state first made in this step shaped like the parameter
+            complex_keys = {k for k, v in old.items() if isinstance(v, torch.Tensor) and v.is_complex()}
+            if param.is_complex():
+                real_shape = torch.view_as_real(param).shape
+                complex_keys |= {k for k, v in new.items()
+                                 if k not in old and isinstance(v, torch.Tensor) and v.shape == real_shape}
+            restored_states.append(
+                {k: torch.view_as_complex(v) if k in complex_keys else v for k, v in new.items()}
+            )
+        restored = [torch.view_as_complex(u) if p.is_complex() else u for p, u in zip(params, updated)]
+        return restored, restored_states
 
     def _gradients(
         self, loss: torch.Tensor, params: list[torch.Tensor], callback: GradCallback | None

@@ -10,7 +10,14 @@ from __future__ import annotations
 import pytest
 
 from higher_core._plugins import plugin_host
-from higher_core.testing import CHECK_FUNCTIONS, CHECKS, check_error_input, installed_conformance
+from higher_core.testing import (
+    CHECK_FUNCTIONS,
+    CHECKS,
+    NotApplicable,
+    check_error_input,
+    check_implementation_flags,
+    installed_conformance,
+)
 
 INFOS = installed_conformance()
 
@@ -29,12 +36,21 @@ ERROR_CASES = [
 def test_row(info, row, check):
     if check in info.skips:
         pytest.skip(f"{info.name}: {check} does not apply: {info.skips[check]}")
-    CHECK_FUNCTIONS[check](info, row)
+    try:
+        CHECK_FUNCTIONS[check](info, row)
+    except NotApplicable as reason:
+        pytest.skip(f"{info.name}[{row.desc}]: {check} does not apply: {reason}")
 
 
 @pytest.mark.parametrize(("info", "bad"), ERROR_CASES)
 def test_bad_input_refused(info, bad):
     check_error_input(info, bad)
+
+
+@pytest.mark.parametrize("info", [pytest.param(i, id=i.name) for i in INFOS])
+def test_implementation_flags_change_no_numbers(info):
+    checked = check_implementation_flags(info)
+    print(f"{info.name}: flags checked: {', '.join(checked) or 'none accepted here'}")
 
 
 def test_every_registered_optimizer_has_a_table():

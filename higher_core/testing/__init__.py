@@ -14,7 +14,7 @@ Example:
     >>> from higher_core.testing import OptimizerInfo, OptimizerInput, run_conformance
     >>> info = OptimizerInfo(torch.optim.SGD, [OptimizerInput({"lr": 0.1, "momentum": 0.9}, "momentum")])
     >>> run_conformance(info, checks=("parity",))
-    {'rows': 1, 'checks': 1}
+    {'rows': 1, 'checks': 2}
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ from collections.abc import Iterable, Sequence
 
 from higher_core.testing._checks import (
     CHECK_FUNCTIONS,
+    NotApplicable,
     Problem,
+    check_complex,
     check_continue_from_reference,
     check_error_input,
     check_finite_meta_gradients,
     check_frozen_and_unused,
     check_gradcheck,
     check_hypergradients,
+    check_implementation_flags,
     check_parity,
 )
 from higher_core.testing._table import (
@@ -47,13 +50,16 @@ __all__ = [
     "ErrorOptimizerInput",
     "OptimizerInfo",
     "OptimizerInput",
+    "NotApplicable",
     "Problem",
+    "check_complex",
     "check_continue_from_reference",
     "check_error_input",
     "check_finite_meta_gradients",
     "check_frozen_and_unused",
     "check_gradcheck",
     "check_hypergradients",
+    "check_implementation_flags",
     "check_parity",
     "installed_conformance",
     "run_conformance",
@@ -76,8 +82,8 @@ def run_conformance(info: OptimizerInfo, checks: Sequence[str] = CHECKS,
                     rows: Iterable[int] | None = None) -> dict[str, int]:
     """Run the suite for one table outside pytest; raises on the first failure.
 
-    Checks named in ``info.skips`` are skipped. Returns the number of rows and of
-    checks run.
+    Checks named in ``info.skips``, and those that raise :class:`NotApplicable`
+    for a row, are skipped. Returns the number of rows and of checks run.
     """
     selected = list(info.inputs) if rows is None else [info.inputs[i] for i in rows]
     ran = 0
@@ -85,9 +91,14 @@ def run_conformance(info: OptimizerInfo, checks: Sequence[str] = CHECKS,
         for name in checks:
             if name in info.skips:
                 continue
-            CHECK_FUNCTIONS[name](info, row)
+            try:
+                CHECK_FUNCTIONS[name](info, row)
+            except NotApplicable:
+                continue
             ran += 1
     for bad in info.error_inputs:
         check_error_input(info, bad)
         ran += 1
+    check_implementation_flags(info)
+    ran += 1
     return {"rows": len(selected), "checks": ran}

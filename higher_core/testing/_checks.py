@@ -27,7 +27,10 @@ __all__ = [
     "check_finite_meta_gradients",
     "check_continue_from_reference",
     "check_frozen_and_unused",
+    "NotApplicable",
+    "check_complex",
     "check_error_input",
+    "check_implementation_flags",
     "CHECK_FUNCTIONS",
 ]
 
@@ -36,18 +39,24 @@ class Problem:
     """A small deterministic float64 problem: parameters, data and a loss.
 
     The loss has ReLU units that are dead for part of the data, so some
-    gradient entries are exactly zero.
+    gradient entries are exactly zero. With ``dtype=torch.complex128`` the
+    parameters are complex and the loss real.
     """
 
-    def __init__(self, shapes: Sequence[tuple[int, ...]], seed: int = 0) -> None:
+    def __init__(self, shapes: Sequence[tuple[int, ...]], seed: int = 0,
+                 dtype: torch.dtype = torch.float64) -> None:
         g = torch.Generator().manual_seed(seed)
-        self.initial = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
-        self.data = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+        self.initial = [torch.randn(*s, generator=g, dtype=dtype) for s in shapes]
+        self.data = [torch.randn(*s, generator=g, dtype=dtype) for s in shapes]
 
     def loss(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float64)
         for p, d in zip(params, self.data):
-            total = total + (torch.relu(p * d + 0.25) ** 2).sum() + 0.5 * (p * d).sin().sum()
+            z = p * d
+            if z.is_complex():
+                total = total + 0.1 * (z.abs() ** 2).sum() + 0.5 * z.imag.sin().sum()
+                z = z.real
+            total = total + (torch.relu(z + 0.25) ** 2).sum() + 0.5 * z.sin().sum()
         return total
 
     def leaves(self) -> list[torch.Tensor]:
@@ -117,8 +126,9 @@ def _compare(name: str, ours: Any, theirs: Any, rtol: float, atol: float) -> Non
         assert ours == theirs, f"{name}: {ours!r} != {theirs!r}"
 
 
-def _assert_same_trajectory(info: OptimizerInfo, row: OptimizerInput, warmup: int) -> None:
-    problem = Problem(info.shapes)
+def _assert_same_trajectory(info: OptimizerInfo, row: OptimizerInput, warmup: int,
+                            dtype: torch.dtype = torch.float64) -> None:
+    problem = Problem(info.shapes, dtype=dtype)
     opt, ref_params = _reference(info, row, problem, warmup)
     fast = [p.detach().clone().requires_grad_() for p in ref_params]
     diffopt = get_diff_optim(opt, ref_params)
@@ -142,6 +152,56 @@ def check_parity(info: OptimizerInfo, row: OptimizerInput) -> None:
 def check_continue_from_reference(info: OptimizerInfo, row: OptimizerInput) -> None:
     """Built from a reference that already took 3 steps, the trajectory continues identically."""
     _assert_same_trajectory(info, row, warmup=3)
+
+
+class NotApplicable(Exception):
+    """A check that does not apply to this row; the message says why (the suite prints it)."""
+
+
+def check_complex(info: OptimizerInfo, row: OptimizerInput) -> None:
+    """With complex128 parameters, parameters and state equal the reference's (as for parity)."""
+    if row.kwargs.get("fused"):
+        raise NotApplicable("torch's fused kernels do not take complex parameters")
+    _assert_same_trajectory(info, row, warmup=0, dtype=torch.complex128)
+
+
+#: flags that only choose an implementation in torch.optim
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def check_implementation_flags(info: OptimizerInfo) -> list[str]:
+    """Each implementation flag the reference accepts changes none of our numbers.
+
+    For every flag in :data:`IMPLEMENTATION_FLAGS` that the reference's
+    constructor takes, the differentiable optimizer built from a reference made
+    with ``flag=True`` takes bit-identical steps to one built without it. Flags
+    the reference refuses on this machine (``fused`` or ``capturable`` on CPU)
+    are left out. Returns the flags checked.
+    """
+    import inspect
+
+    accepted = inspect.signature(info.reference.__init__).parameters
+    row = info.inputs[0]
+    trajectories = {}
+    for flag in (None, *IMPLEMENTATION_FLAGS):
+        if flag is not None and flag not in accepted:
+            continue
+        problem = Problem(info.shapes)
+        params = problem.leaves()
+        try:
+            opt = info.reference(_groups(info, params, row), **{**row.kwargs, **({flag: True} if flag else {})})
+        except (ValueError, RuntimeError, TypeError):
+            continue
+        diffopt = get_diff_optim(opt, params)
+        fast = problem.leaves()
+        for _ in range(3):
+            fast = _diff_step(info, diffopt, problem, fast)
+        trajectories[flag] = fast
+    plain = trajectories.pop(None)
+    for flag, fast in trajectories.items():
+        for i, (a, b) in enumerate(zip(fast, plain)):
+            assert torch.equal(a, b), f"{info.name}: {flag}=True changed param {i}"
+    return sorted(trajectories)
 
 
 def _unrolled(info: OptimizerInfo, row: OptimizerInput, problem: Problem,
@@ -276,4 +336,5 @@ CHECK_FUNCTIONS: dict[str, Callable[[OptimizerInfo, OptimizerInput], Any]] = {
     "finite_meta_gradients": check_finite_meta_gradients,
     "continue_from_reference": check_continue_from_reference,
     "frozen_and_unused": check_frozen_and_unused,
+    "complex": check_complex,
 }

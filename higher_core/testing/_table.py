@@ -26,6 +26,7 @@ CHECKS = (
     "finite_meta_gradients",
     "continue_from_reference",
     "frozen_and_unused",
+    "complex",
 )
 """The checks run for every :class:`OptimizerInput` row."""
 

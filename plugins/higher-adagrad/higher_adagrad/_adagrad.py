@@ -42,6 +42,8 @@ class DifferentiableAdagrad(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
+    complex_as_real = True
+
     tensor_hyperparameters = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
 
     def __init__(self, other: torch.optim.Optimizer, reference_params: Iterable[torch.Tensor],
@@ -84,21 +86,14 @@ class DifferentiableAdagrad(DifferentiableOptimizer):
         new_params, new_states = [], []
         for param, grad, state in zip(params, grads, states):
             grad = self._gradient(group, param, grad)
-            if param.is_complex():  # torch works on the real view from here on, as here
-                new_param, new_state = self._update_one(
-                    group, torch.view_as_real(param), torch.view_as_real(grad),
-                    {**state, "sum": torch.view_as_real(state["sum"])})
-                new_param = torch.view_as_complex(new_param)
-                new_state["sum"] = torch.view_as_complex(new_state["sum"])
-            else:
-                new_param, new_state = self._update_one(group, param, grad, state)
+            new_param, new_state = self._update_one(group, param, grad, state)
             new_params.append(new_param)
             new_states.append(new_state)
         return new_params, new_states
 
     @staticmethod
     def _gradient(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient with ``maximize`` and weight decay applied (on complex tensors as they are)."""
+        """The gradient with ``maximize`` and weight decay applied."""
         if group.get("maximize", False):
             grad = -grad
         if not is_zero(group["weight_decay"]):

@@ -86,29 +86,3 @@ def test_initial_accumulator_value_receives_hypergradient():
         fast = diffopt.step(problem.loss(fast), params=fast)
     (hypergradient,) = torch.autograd.grad(problem.loss(fast), value)
     assert torch.isfinite(hypergradient) and hypergradient != 0
-
-
-def test_complex_parameters_match_torch():
-    # torch steps complex parameters on their real view; so does the plugin, bit for bit
-    def loss(ps):
-        return sum((p.abs() ** 2).sum() + p.real.sin().sum() + 0.3 * (p.imag ** 3).sum() for p in ps)
-
-    generator = torch.Generator().manual_seed(0)
-    params = [torch.randn(shape, dtype=torch.complex128, generator=generator).requires_grad_()
-              for shape in ((3, 2), (2,))]
-    opt = torch.optim.Adagrad(params, lr=0.1, initial_accumulator_value=0.2, weight_decay=0.1, lr_decay=0.1)
-    diffopt = higher_core.get_diff_optim(opt, params)
-    initial = [p.detach().clone().requires_grad_() for p in params]
-    fast = list(initial)
-    for _ in range(6):
-        fast = diffopt.step(loss(fast), params=fast)
-        opt.zero_grad()
-        loss(params).backward()
-        opt.step()
-    for i, (ours, theirs) in enumerate(zip(fast, params)):
-        assert torch.equal(ours.detach(), theirs.detach())
-        for key, value in opt.state[theirs].items():
-            mine = diffopt.state[i][key]
-            assert torch.equal(torch.as_tensor(mine).to(value.dtype), value), key
-    meta = torch.autograd.grad(loss(fast), initial)
-    assert all(torch.isfinite(torch.view_as_real(g)).all() for g in meta)

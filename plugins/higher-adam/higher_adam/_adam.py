@@ -41,6 +41,7 @@ class DifferentiableAdam(DifferentiableOptimizer):
     """
 
     tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
+    complex_as_real = True
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
         state: State = {

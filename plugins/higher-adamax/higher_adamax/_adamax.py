@@ -11,16 +11,6 @@ from higher_core.functional import add_scaled, addcdiv, is_zero
 from higher_core.optim import DifferentiableOptimizer, State
 
 
-def _as_real(t: torch.Tensor) -> torch.Tensor:
-    """A complex tensor as its ``(..., 2)`` real view (torch updates complex params that way)."""
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
-def _like(t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Undo :func:`_as_real` for a result computed on the real view of ``reference``."""
-    return torch.view_as_complex(t) if reference.is_complex() else t
-
-
 class DifferentiableAdamax(DifferentiableOptimizer):
     r"""A differentiable version of ``torch.optim.Adamax``, with the installed torch's numerics.
 
@@ -47,6 +37,8 @@ class DifferentiableAdamax(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
+    complex_as_real = True
+
     tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
@@ -66,18 +58,17 @@ class DifferentiableAdamax(DifferentiableOptimizer):
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         weight_decay = group["weight_decay"]
         new_params, new_states = [], []
-        for original, grad, state in zip(params, grads, states):
+        for param, grad, state in zip(params, grads, states):
             if group.get("maximize", False):
                 grad = -grad
             step = state["step"] + 1
             if not is_zero(weight_decay):
-                grad = add_scaled(grad, original, weight_decay)
-            param, grad = _as_real(original), _as_real(grad)
-            exp_avg = torch.lerp(_as_real(state["exp_avg"]), grad, 1 - beta1)
-            exp_inf = torch.maximum(_as_real(state["exp_inf"]) * beta2, grad.abs() + eps)
+                grad = add_scaled(grad, param, weight_decay)
+            exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+            exp_inf = torch.maximum(state["exp_inf"] * beta2, grad.abs() + eps)
             step_size = lr / (1 - beta1**step)
-            new_params.append(_like(addcdiv(param, exp_avg, exp_inf, -step_size), original))
+            new_params.append(addcdiv(param, exp_avg, exp_inf, -step_size))
             new_states.append(
-                {**state, "step": step, "exp_avg": _like(exp_avg, original), "exp_inf": _like(exp_inf, original)}
+                {**state, "step": step, "exp_avg": exp_avg, "exp_inf": exp_inf}
             )
         return new_params, new_states

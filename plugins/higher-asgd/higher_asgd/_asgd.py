@@ -55,6 +55,8 @@ class DifferentiableASGD(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
+    complex_as_real = True
+
     tensor_hyperparameters = ("lr", "lambd", "alpha", "t0", "weight_decay")
 
     def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State:
@@ -82,14 +84,7 @@ class DifferentiableASGD(DifferentiableOptimizer):
     ) -> tuple[list[torch.Tensor], list[State]]:
         new_params, new_states = [], []
         for param, grad, state in zip(params, grads, states):
-            if param.is_complex():  # torch works on the real view, as here
-                new_param, new_state = self._update_one(
-                    group, torch.view_as_real(param), torch.view_as_real(grad),
-                    {**state, "ax": torch.view_as_real(state["ax"])})
-                new_param = torch.view_as_complex(new_param)
-                new_state["ax"] = torch.view_as_complex(new_state["ax"])
-            else:
-                new_param, new_state = self._update_one(group, param, grad, state)
+            new_param, new_state = self._update_one(group, param, grad, state)
             new_params.append(new_param)
             new_states.append(new_state)
         return new_params, new_states

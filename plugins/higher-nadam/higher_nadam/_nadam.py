@@ -11,16 +11,6 @@ from higher_core.functional import Scalar, add_scaled, addcdiv, addcmul, is_zero
 from higher_core.optim import DifferentiableOptimizer, State
 
 
-def _as_real(t: torch.Tensor) -> torch.Tensor:
-    """A complex tensor as its ``(..., 2)`` real view (torch updates complex params that way)."""
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
-def _like(t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Undo :func:`_as_real` for a result computed on the real view of ``reference``."""
-    return torch.view_as_complex(t) if reference.is_complex() else t
-
-
 def _scalar_dtype() -> torch.dtype:
     """The dtype torch gives ``step`` and ``mu_product`` (float64 only under a float64 default)."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
@@ -65,6 +55,8 @@ class DifferentiableNAdam(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
+    complex_as_real = True
+
     tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay", "momentum_decay")
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
@@ -86,10 +78,9 @@ class DifferentiableNAdam(DifferentiableOptimizer):
         weight_decay, momentum_decay = group["weight_decay"], group["momentum_decay"]
         decoupled = group.get("decoupled_weight_decay", False)
         new_params, new_states = [], []
-        for original, grad, state in zip(params, grads, states):
+        for param, grad, state in zip(params, grads, states):
             if group.get("maximize", False):
                 grad = -grad
-            param, grad = _as_real(original), _as_real(grad)
             step = state["step"] + 1
             bias_correction2 = 1 - beta2**step
             if not is_zero(weight_decay):
@@ -100,18 +91,18 @@ class DifferentiableNAdam(DifferentiableOptimizer):
             mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
             mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
             mu_product = state["mu_product"] * mu
-            exp_avg = torch.lerp(_as_real(state["exp_avg"]), grad, 1 - beta1)
-            exp_avg_sq = addcmul(_as_real(state["exp_avg_sq"]) * beta2, grad, grad, 1 - beta2)
+            exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+            exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, 1 - beta2)
             denom = safe_sqrt(exp_avg_sq / bias_correction2) + eps
             product = _value(mu_product)
             param = addcdiv(param, grad, denom, -lr * (1.0 - mu) / (1.0 - product))
             param = addcdiv(param, exp_avg, denom, (-lr * mu_next) / (1.0 - product * mu_next))
-            new_params.append(_like(param, original))
+            new_params.append(param)
             new_states.append({
                 **state,
                 "step": step,
                 "mu_product": mu_product,
-                "exp_avg": _like(exp_avg, original),
-                "exp_avg_sq": _like(exp_avg_sq, original),
+                "exp_avg": exp_avg,
+                "exp_avg_sq": exp_avg_sq,
             })
         return new_params, new_states

@@ -11,16 +11,6 @@ from higher_core.functional import add_scaled, addcmul, is_zero, safe_sqrt
 from higher_core.optim import DifferentiableOptimizer, State
 
 
-def _as_real(t: torch.Tensor) -> torch.Tensor:
-    """A complex tensor as its ``(..., 2)`` real view (torch updates complex params that way)."""
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
-def _like(t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Undo :func:`_as_real` for a result computed on the real view of ``reference``."""
-    return torch.view_as_complex(t) if reference.is_complex() else t
-
-
 class DifferentiableRAdam(DifferentiableOptimizer):
     r"""A differentiable version of ``torch.optim.RAdam``, with the installed torch's numerics.
 
@@ -56,6 +46,8 @@ class DifferentiableRAdam(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
+    complex_as_real = True
+
     tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
@@ -76,18 +68,17 @@ class DifferentiableRAdam(DifferentiableOptimizer):
         weight_decay = group["weight_decay"]
         decoupled = group.get("decoupled_weight_decay", False)
         new_params, new_states = [], []
-        for original, grad, state in zip(params, grads, states):
+        for param, grad, state in zip(params, grads, states):
             if group.get("maximize", False):
                 grad = -grad
-            param, grad = _as_real(original), _as_real(grad)
             step = state["step"] + 1
             if not is_zero(weight_decay):
                 if decoupled:
                     param = param * (1 - lr * weight_decay)
                 else:
                     grad = add_scaled(grad, param, weight_decay)
-            exp_avg = torch.lerp(_as_real(state["exp_avg"]), grad, 1 - beta1)
-            exp_avg_sq = addcmul(_as_real(state["exp_avg_sq"]) * beta2, grad, grad, 1 - beta2)
+            exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+            exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, 1 - beta2)
             bias_correction1 = 1 - beta1**step
             bias_correction2 = 1 - beta2**step
             corrected = exp_avg / bias_correction1
@@ -101,8 +92,8 @@ class DifferentiableRAdam(DifferentiableOptimizer):
                 param = torch.add(param, corrected * lr * adaptive * rect, alpha=-1.0)
             else:
                 param = torch.add(param, corrected * lr, alpha=-1.0)
-            new_params.append(_like(param, original))
+            new_params.append(param)
             new_states.append(
-                {**state, "step": step, "exp_avg": _like(exp_avg, original), "exp_avg_sq": _like(exp_avg_sq, original)}
+                {**state, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
             )
         return new_params, new_states

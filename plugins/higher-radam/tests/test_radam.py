@@ -132,39 +132,3 @@ def test_meta_gradients_finite_with_zero_gradients_in_rectified_steps() -> None:
         torch.testing.assert_close(fast[i].detach(), p.detach(), rtol=1e-13, atol=1e-15)
     for g in (*meta, *second):
         assert g is None or torch.isfinite(g).all()
-
-
-def test_complex_parameters_follow_torch() -> None:
-    g = torch.Generator().manual_seed(3)
-    init = torch.randn(4, dtype=torch.complex128, generator=g)
-    data = torch.randn(4, dtype=torch.complex128, generator=g)
-    param = init.clone().requires_grad_()
-    opt = torch.optim.RAdam([param], lr=0.05, weight_decay=0.1)
-    diffopt = higher_core.get_diff_optim(opt, [param])
-    fast = [init.clone().requires_grad_()]
-
-    def loss(p: torch.Tensor) -> torch.Tensor:
-        return (p * data).abs().pow(2).sum() + (p.real * p.imag).sum()
-
-    for _ in range(8):
-        fast = diffopt.step(loss(fast[0]), params=fast)
-        opt.zero_grad()
-        loss(param).backward()
-        opt.step()
-    torch.testing.assert_close(fast[0].detach(), param.detach(), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(diffopt.state[0]["exp_avg_sq"], opt.state[param]["exp_avg_sq"], rtol=1e-12, atol=1e-14)
-
-
-def test_capturable_flag_changes_no_numbers() -> None:
-    problem = _problem()
-    results = []
-    for capturable in (False, True):
-        params = problem.leaves()
-        opt = torch.optim.RAdam(params, lr=0.05, capturable=capturable)
-        diffopt = higher_core.get_diff_optim(opt, params)
-        fast = problem.leaves()
-        for _ in range(7):
-            fast = diffopt.step(problem.loss(fast), params=fast)
-        results.append(fast)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)

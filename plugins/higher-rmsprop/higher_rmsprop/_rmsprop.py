@@ -10,7 +10,6 @@ import torch
 from higher_core.functional import add_scaled, addcdiv, addcmul, is_zero, safe_sqrt
 from higher_core.optim import DifferentiableOptimizer, State
 
-_TENSOR_STATE = ("square_avg", "momentum_buffer", "grad_avg")
 
 
 def _uses_momentum(momentum: Any) -> bool:
@@ -51,6 +50,8 @@ class DifferentiableRMSprop(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
+    complex_as_real = True
+
     tensor_hyperparameters = ("lr", "alpha", "eps", "weight_decay", "momentum")
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
@@ -74,22 +75,14 @@ class DifferentiableRMSprop(DifferentiableOptimizer):
         new_params, new_states = [], []
         for param, grad, state in zip(params, grads, states):
             grad = self._gradient(group, param, grad)
-            if param.is_complex():  # torch works on the real view from here on, as here
-                real = {k: torch.view_as_real(state[k]) for k in _TENSOR_STATE if k in state}
-                new_param, new_state = self._update_one(
-                    group, torch.view_as_real(param), torch.view_as_real(grad), {**state, **real})
-                new_param = torch.view_as_complex(new_param)
-                new_state.update(
-                    {k: torch.view_as_complex(new_state[k]) for k in _TENSOR_STATE if k in new_state})
-            else:
-                new_param, new_state = self._update_one(group, param, grad, state)
+            new_param, new_state = self._update_one(group, param, grad, state)
             new_params.append(new_param)
             new_states.append(new_state)
         return new_params, new_states
 
     @staticmethod
     def _gradient(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient with ``maximize`` and weight decay applied (on complex tensors as they are)."""
+        """The gradient with ``maximize`` and weight decay applied."""
         if group.get("maximize", False):
             grad = -grad
         if not is_zero(group["weight_decay"]):

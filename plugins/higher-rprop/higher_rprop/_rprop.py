@@ -10,7 +10,6 @@ import torch
 from higher_core.functional import Scalar, addcmul
 from higher_core.optim import DifferentiableOptimizer, State
 
-_TENSOR_STATE = ("prev", "step_size")
 
 
 def _clamp(x: torch.Tensor, low: Scalar, high: Scalar) -> torch.Tensor:
@@ -54,6 +53,8 @@ class DifferentiableRprop(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
+    complex_as_real = True
+
     tensor_hyperparameters = ("lr", "etas", "step_sizes")
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
@@ -79,14 +80,7 @@ class DifferentiableRprop(DifferentiableOptimizer):
     ) -> tuple[list[torch.Tensor], list[State]]:
         new_params, new_states = [], []
         for param, grad, state in zip(params, grads, states):
-            if param.is_complex():  # torch works on the real view, as here
-                real = {k: torch.view_as_real(state[k]) for k in _TENSOR_STATE}
-                new_param, new_state = self._update_one(
-                    group, torch.view_as_real(param), torch.view_as_real(grad), {**state, **real})
-                new_param = torch.view_as_complex(new_param)
-                new_state.update({k: torch.view_as_complex(new_state[k]) for k in _TENSOR_STATE})
-            else:
-                new_param, new_state = self._update_one(group, param, grad, state)
+            new_param, new_state = self._update_one(group, param, grad, state)
             new_params.append(new_param)
             new_states.append(new_state)
         return new_params, new_states

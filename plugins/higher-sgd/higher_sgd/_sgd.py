@@ -34,6 +34,7 @@ class DifferentiableSGD(DifferentiableOptimizer):
     """
 
     tensor_hyperparameters = ("lr", "momentum", "dampening", "weight_decay")
+    complex_as_real = True
 
     def update(
         self,
