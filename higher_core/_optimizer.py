@@ -116,11 +116,15 @@ class DifferentiableOptimizer:
         self._track_higher_grads = track_higher_grads
         self._optimizer_name = self._reference_name(other)
         self._override = normalize_override(override, self.param_groups, self._optimizer_name)
+        #: the reference optimizer's constructor defaults
+        self.defaults: dict[str, Any] = dict(other.defaults)
         self.state: dict[int, State] = {}
         for i, p in enumerate(reference):
             existing = other.state.get(p)
             if existing:
-                self.state[i] = self.import_state(existing, device)
+                imported = self.import_state(existing, device)
+                if imported is not None:
+                    self.state[i] = imported
 
     # -- hooks for subclasses ------------------------------------------------------------
     def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
@@ -150,8 +154,13 @@ class DifferentiableOptimizer:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement update()")
 
-    def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State:
-        """Copy one parameter's ``torch.optim`` state: tensors detached and cloned, ``step`` as a number."""
+    def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State | None:
+        """Copy one parameter's ``torch.optim`` state: tensors detached and cloned, ``step`` as a number.
+
+        Return ``None`` to treat the parameter as not yet stepped (for state that a
+        reference creates in its constructor; :meth:`init_state` then makes it at
+        the first step).
+        """
         imported: State = {}
         for key, value in state.items():
             if key == "step" and isinstance(value, torch.Tensor) and value.numel() == 1:

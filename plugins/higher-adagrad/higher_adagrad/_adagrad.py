@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -46,28 +46,18 @@ class DifferentiableAdagrad(DifferentiableOptimizer):
 
     tensor_hyperparameters = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
 
-    def __init__(self, other: torch.optim.Optimizer, reference_params: Iterable[torch.Tensor],
-                 *args: Any, **kwargs: Any) -> None:
-        # torch fills every accumulator with the constructor's value, whatever a group says
-        self._initial_accumulator_value: float = other.defaults.get("initial_accumulator_value", 0.0)
-        super().__init__(other, reference_params, *args, **kwargs)
-        self.state = {i: s for i, s in self.state.items() if not self._is_initial(s)}
-
-    def _is_initial(self, state: Mapping[str, Any]) -> bool:
-        """Whether a copied state is the one torch's constructor made (``init_state`` remakes it)."""
-        if set(state) != {"step", "sum"} or state["step"] != 0:
-            return False
-        accumulator = state["sum"]
-        if not isinstance(accumulator, torch.Tensor):
-            return False
-        if accumulator.is_meta:  # built on placeholders by create_diff_optim
-            return True
-        return torch.equal(accumulator, self.init_state(accumulator, {})["sum"])
+    def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State | None:
+        """Torch's constructor fills every accumulator; that untouched state is remade by ``init_state``."""
+        if set(state) == {"step", "sum"} and float(state["step"]) == 0:
+            accumulator = state["sum"]
+            if accumulator.is_meta or torch.equal(accumulator, self.init_state(accumulator, {})["sum"]):
+                return None
+        return super().import_state(state, device)
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
         initial = group.get("initial_accumulator_value")
         if not isinstance(initial, torch.Tensor):  # torch uses the constructor's value
-            initial = self._initial_accumulator_value
+            initial = self.defaults.get("initial_accumulator_value", 0.0)
         if param.is_complex():  # torch fills real and imaginary parts
             initial = initial * (1 + 1j)
         if isinstance(initial, torch.Tensor):  # a differentiable override
