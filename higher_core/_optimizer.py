@@ -35,6 +35,12 @@ def _to_device(value: Any, device: torch.device | str | None) -> Any:
     return value
 
 
+def _elsewhere(value: Any, device: torch.device) -> bool:
+    """A tensor on another device than ``device`` (a CPU scalar mixes with any device, as in torch)."""
+    return (isinstance(value, torch.Tensor) and value.device != device
+            and not (value.dim() == 0 and value.device.type == "cpu"))
+
+
 class DifferentiableOptimizer:
     """A differentiable version of a ``torch.optim`` optimizer.
 
@@ -236,10 +242,11 @@ class DifferentiableOptimizer:
         grads = self._gradients(loss, params, grad_callback or self._grad_callback)
 
         new_params = list(params)
-        for group in groups:
+        for number, group in enumerate(groups):
             indices = [i for i in group["params"] if grads[i] is not None]
             if not indices:
                 continue
+            self._check_devices(number, group, indices, params)
             states = [self.state[i] if i in self.state else self.init_state(params[i], group) for i in indices]
             group_params = [params[i] for i in indices]
             group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
@@ -260,6 +267,29 @@ class DifferentiableOptimizer:
         if self._fmodel is not None:
             self._fmodel.update_params(new_params)
         return new_params
+
+    def _check_devices(self, number: int, group: Mapping[str, Any], indices: list[int],
+                       params: list[torch.Tensor]) -> None:
+        """Refuse a hyperparameter (override) or state tensor on another device than its fast weights."""
+        for device in {params[i].device for i in indices}:
+            for key, value in group.items():
+                for tensor in value if isinstance(value, tuple) else (value,):
+                    if _elsewhere(tensor, device):
+                        raise ValueError(
+                            f"{self._optimizer_name}: hyperparameter {key!r} of param group {number} is a "
+                            f"tensor on {tensor.device} but the fast weights are on {device}; move it there "
+                            f"(.to({str(device)!r}), or get_trainable_opt_params(opt, device={str(device)!r}))"
+                        )
+        for i in indices:
+            device = params[i].device
+            for key, value in self.state.get(i, {}).items():
+                if _elsewhere(value, device):
+                    raise ValueError(
+                        f"{self._optimizer_name}: optimizer state {key!r} of parameter {i} is on {value.device} "
+                        f"but its fast weight is on {device}; pass device={str(device)!r} to innerloop_ctx or "
+                        "get_diff_optim (it moves the optimizer state), or keep the model and the optimizer "
+                        "on one device"
+                    )
 
     def _update_complex(
         self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor], states: list[State]

@@ -11,7 +11,16 @@ from typing import Union
 
 import torch
 
-__all__ = ["Scalar", "add_scaled", "addcmul", "addcdiv", "safe_sqrt", "is_zero"]
+__all__ = [
+    "Scalar",
+    "add_scaled",
+    "addcdiv",
+    "addcmul",
+    "foreach_scalar",
+    "foreach_safe_sqrt",
+    "is_zero",
+    "safe_sqrt",
+]
 
 Scalar = Union[float, torch.Tensor]
 
@@ -38,7 +47,7 @@ def addcmul(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, value: Scalar) ->
 def addcdiv(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, value: Scalar) -> torch.Tensor:
     r""":math:`x + v\,y / z`."""
     if isinstance(value, torch.Tensor):
-        return x + value * (y / z)
+        return x + (value * y) / z  # the order of torch's addcdiv kernel
     return torch.addcdiv(x, y, z, value=value)
 
 
@@ -59,3 +68,32 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     """
     positive = x > 0
     return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def foreach_safe_sqrt(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    r""":func:`safe_sqrt` of every tensor of a list, with ``torch._foreach_*`` kernels.
+
+    For non-negative inputs (sums of squares, such as Adam's second moments)
+    only. Computes :math:`\sqrt{x + (1 - \operatorname{sign} x)}\,\operatorname{sign} x`:
+    exactly ``torch.sqrt(x)`` for :math:`x > 0` and 0 at 0, where the derivative
+    is 0 at every order (``sign`` has derivative 0).
+
+    Example:
+        >>> import torch
+        >>> xs = [torch.tensor([0.0, 4.0], requires_grad=True)]
+        >>> torch.autograd.grad(foreach_safe_sqrt(xs)[0].sum(), xs)[0]
+        tensor([0.0000, 0.2500])
+    """
+    signs = torch._foreach_sign(xs)
+    shifted = torch._foreach_add(xs, torch._foreach_add(torch._foreach_neg(signs), 1))
+    return torch._foreach_mul(torch._foreach_sqrt(shifted), signs)
+
+
+def foreach_scalar(value: Scalar, count: int) -> float | list[torch.Tensor]:
+    """A scalar argument for a ``torch._foreach_*`` op over ``count`` tensors.
+
+    A number is passed as it is; a tensor (a learned hyperparameter) as a list of
+    ``count`` references to it, since ``_foreach_mul(tensors, tensor)`` cannot
+    differentiate with respect to a 0-dim tensor argument.
+    """
+    return [value] * count if isinstance(value, torch.Tensor) else value

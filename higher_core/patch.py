@@ -2,12 +2,15 @@
 
 :func:`monkeypatch` returns a :class:`PatchedModule`: a stand-in for the
 original module whose parameters are *fast weights*, plain tensors that the
-inner loop replaces out of place. It is built the way
-``torch.func.functional_call`` works: the patched copy's ``_parameters``
-entries are swapped for the fast weights (one dict write per tensor, no Python
-class created per submodule), so the module's own ``forward``, its hooks and
-its children run unchanged. The original module's parameters and buffers are
-never modified: the patched copy has its own buffers.
+inner loop replaces out of place. It works on a copy of the module (buffers
+copied, parameters not) from whose ``_parameters`` the weights are moved into
+the owning submodule's ``__dict__``: plain attributes, which is what
+``torch.func.functional_call``, the RNN weight cache, parametrizations and the
+legacy ``weight_norm`` all read through ``getattr``. The module's own
+``forward``, its hooks and its children then run unchanged, a fast weight can be
+assigned by attribute (``fmodel.fc.weight = t``), and no Python class is
+created per submodule. Installing new fast weights is one dict write per
+tensor. The original module is never modified.
 """
 
 from __future__ import annotations
@@ -19,51 +22,102 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["PatchedModule", "monkeypatch", "make_functional", "buffer_sync", "_MonkeyPatchBase"]
+__all__ = ["PatchedModule", "_MonkeyPatchBase", "buffer_sync", "make_functional", "monkeypatch"]
 
-_Slot = tuple[dict, str]
+# Where one fast weight lives: (submodule.__dict__, submodule._parameters, attribute name).
+_Slot = tuple[dict, dict, str]
+_MISSING = object()
+_NO_CUDNN = "_higher_core_no_cudnn"  # set on the patched copy's RNN modules while tracking
+_CUDNN_WAS_ON = "_higher_core_cudnn_was_on"
 
 
-def _structural_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` that shares its parameters instead of copying them.
+def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """``copy.deepcopy(module, memo)``, with non-leaf tensors held as attributes copied detached.
 
-    Buffers and other state are copied. Non-leaf tensors cached as attributes
-    (e.g. the ``weight`` the legacy ``weight_norm`` recomputes every forward)
-    are copied detached, since autograd cannot deep-copy them.
+    Autograd cannot deep-copy a tensor that has a ``grad_fn`` (e.g. the ``weight``
+    the legacy ``weight_norm`` recomputes every forward, or a fast weight cached
+    in an RNN's ``_flat_weights``); those are copied as detached clones. Tensors
+    already in ``memo`` (the parameters, when they are to be shared) are kept.
     """
-    memo: dict[int, Any] = {}
     for sub in module.modules():
-        for p in sub._parameters.values():
-            if p is not None:
-                memo[id(p)] = p
         for value in sub.__dict__.values():
-            if isinstance(value, torch.Tensor) and not value.is_leaf:
-                memo[id(value)] = value.detach()
+            for tensor in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(tensor, torch.Tensor) and not tensor.is_leaf and id(tensor) not in memo:
+                    memo[id(tensor)] = tensor.detach().clone()
     return copy.deepcopy(module, memo)
 
 
-def _parameter_slots(copy_: nn.Module, params: list[torch.Tensor]) -> list[list[_Slot]]:
-    """For each parameter, every ``(module._parameters, name)`` that holds it (tied weights share one)."""
+def _parameters_to_attributes(copy_: nn.Module, params: list[torch.Tensor]) -> list[list[str]]:
+    """Move every parameter of ``copy_`` out of ``_parameters`` into its module's ``__dict__``.
+
+    Returns, for each of ``params``, the qualified names that hold it (tied
+    weights have several; the first is the name ``named_parameters`` gives).
+    """
     position = {id(p): i for i, p in enumerate(params)}
-    slots: list[list[_Slot]] = [[] for _ in params]
-    seen: set[tuple[int, str]] = set()
-    for sub in copy_.modules():
-        for name, p in sub._parameters.items():
-            key = (id(sub._parameters), name)
-            if p is None or key in seen:
+    paths: list[list[str]] = [[] for _ in params]
+    for prefix, sub in copy_.named_modules():
+        for name, p in list(sub._parameters.items()):
+            if p is None:
                 continue
-            seen.add(key)
-            slots[position[id(p)]].append((sub._parameters, name))
+            paths[position[id(p)]].append(f"{prefix}.{name}" if prefix else name)
+            del sub._parameters[name]
+            sub.__dict__[name] = p
+    return paths
+
+
+def _bind_slots(copy_: nn.Module, paths: list[list[str]]) -> list[list[_Slot]]:
+    slots = []
+    for names in paths:
+        owned = []
+        for path in names:
+            owner, _, name = path.rpartition(".")
+            sub = copy_.get_submodule(owner)
+            owned.append((sub.__dict__, sub._parameters, name))
+        slots.append(owned)
     return slots
+
+
+def _rnn_cudnn_off(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook of a patched RNN: turn cuDNN off on CUDA while higher-order grads are tracked.
+
+    cuDNN's RNN backward is not differentiable, so a double backward through it fails.
+    """
+    state = module.__dict__
+    if (state.get(_NO_CUDNN) and torch.is_grad_enabled() and torch.backends.cudnn.enabled
+            and getattr(module, module._flat_weights_names[0]).is_cuda):
+        torch.backends.cudnn.enabled = False
+        state[_CUDNN_WAS_ON] = True
+
+
+def _rnn_cudnn_restore(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    """Forward hook (also run when the forward raises): undo :func:`_rnn_cudnn_off`."""
+    if module.__dict__.pop(_CUDNN_WAS_ON, False):
+        torch.backends.cudnn.enabled = True
+
+
+def _rebuild(cls: type[PatchedModule], *parts: Any) -> PatchedModule:
+    """Unpickle a :class:`PatchedModule` (see ``PatchedModule.__reduce_ex__``)."""
+    return cls._from_parts(*parts)
 
 
 class PatchedModule(nn.Module):
     """A stateless stand-in for a module, driven by fast weights.
 
     Calls take the extra keyword-only argument ``params``; without it, the latest
-    fast weights are used. Child modules, buffers and attributes of the original
-    are reachable as attributes (``fmodel.bn.running_mean`` is the patched copy's
-    buffer).
+    fast weights are used. Children, buffers, methods and attributes of the
+    original are reachable as attributes of a private copy (``fmodel.bn.running_mean``
+    is the copy's buffer; ``fmodel.layer1(x)`` runs with the current fast weights);
+    hooks fire; ``train()``/``eval()`` switch the copy only.
+
+    A fast weight can be assigned by attribute (``fmodel.fc.weight = t``): it takes
+    effect at once and becomes the latest fast weight, appended to the history,
+    the next time :attr:`fast_params` is read (as ``diffopt.step`` does). A weight
+    tied between submodules is one fast weight: assigning it in one place re-ties
+    it everywhere at the next call.
+
+    ``copy.deepcopy`` and ``pickle`` give an independent patched module whose fast
+    weights are detached copies of the latest ones (same ``requires_grad``; the
+    history starts again from them), since autograd cannot copy a graph.
 
     Example:
         >>> import torch, higher_core
@@ -71,36 +125,62 @@ class PatchedModule(nn.Module):
         >>> fnet = higher_core.patch.monkeypatch(net)
         >>> out = fnet(torch.randn(2, 3))
         >>> out2 = fnet(torch.randn(2, 3), params=[p * 2 for p in fnet.fast_params])
+        >>> fnet[2].bias = torch.zeros(1)
+        >>> fnet.fast_params[3].tolist()
+        [0.0]
     """
 
     def __init__(self, module: nn.Module, device: torch.device | str | None = None,
                  track_higher_grads: bool = True) -> None:
         super().__init__()
-        patched = _structural_copy(module)
         reference = list(module.parameters())
+        patched = _copy_module(module, {id(p): p for p in reference})
         if device is not None:
             for sub in patched.modules():
                 for name, buf in sub._buffers.items():
                     if buf is not None:
                         sub._buffers[name] = buf.to(device)
+        paths = _parameters_to_attributes(patched, reference)
+        for sub in patched.modules():
+            if isinstance(sub, nn.RNNBase):
+                sub.register_forward_pre_hook(_rnn_cudnn_off)
+                sub.register_forward_hook(_rnn_cudnn_restore, always_call=True)
+        self._setup(patched, paths, [tuple(p.shape) for p in reference], track_higher_grads, device)
+
+    def _setup(self, patched: nn.Module, paths: list[list[str]], shapes: list[tuple[int, ...]],
+               track_higher_grads: bool, device: torch.device | str | None) -> None:
         d = self.__dict__
         d["_patched"] = patched
-        d["_slots"] = _parameter_slots(patched, reference)
-        d["_param_shapes"] = [tuple(p.shape) for p in reference]
+        d["_slot_paths"] = paths
+        d["_slots"] = _bind_slots(patched, paths)
+        d["_tied"] = [i for i, names in enumerate(paths) if len(names) > 1]
+        d["_rnns"] = [sub for sub in patched.modules() if isinstance(sub, nn.RNNBase)]
+        d["_param_shapes"] = shapes
         d["_fast_params"] = None
-        d["_track_higher_grads"] = bool(track_higher_grads)
         d["_device"] = device
         # The patched module *is* the copy for attribute access: share its containers.
         d["_modules"] = patched._modules
         d["_parameters"] = patched._parameters
         d["_buffers"] = patched._buffers
-        self.training = patched.training
+        d["training"] = patched.training
+        self.track_higher_grads = bool(track_higher_grads)
+
+    @classmethod
+    def _from_parts(cls, patched: nn.Module, paths: list[list[str]], shapes: list[tuple[int, ...]],
+                    fast: list[torch.Tensor] | None, track_higher_grads: bool,
+                    device: torch.device | str | None) -> PatchedModule:
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._setup(patched, paths, shapes, track_higher_grads, device)
+        if fast is not None:
+            self.update_params(fast)
+        return self
 
     # -- the forward -----------------------------------------------------------------
     def forward(self, *args: Any, params: Iterable[torch.Tensor] | None = None, **kwargs: Any) -> Any:
         if params is not None:
             params = list(params)
-            latest = self._fast_params[-1] if self._fast_params else None
+            latest = self.fast_params
             if latest is None or len(latest) != len(params) or any(a is not b for a, b in zip(latest, params)):
                 self.update_params(params)
         elif self._fast_params is None:
@@ -108,6 +188,8 @@ class PatchedModule(nn.Module):
                 "this patched module has no fast weights yet: call it with params=[...] or "
                 "use higher_core.patch.monkeypatch(), which sets initial ones"
             )
+        elif self._tied:
+            self._retie()
         return self._patched(*args, **kwargs)
 
     # -- fast weights -------------------------------------------------------------------
@@ -120,17 +202,57 @@ class PatchedModule(nn.Module):
                 f"module, in the order of module.parameters()), got {len(params)}"
             )
         for tensor, slots in zip(params, self._slots):
-            for container, name in slots:
-                container[name] = tensor
+            for attrs, _, name in slots:
+                attrs[name] = tensor
         if self._fast_params is None or not self._track_higher_grads:
             self.__dict__["_fast_params"] = [params]
         else:
             self._fast_params.append(params)
 
+    def _read_slots(self, index: int, latest: torch.Tensor) -> torch.Tensor:
+        """The tensor the slots of fast weight ``index`` hold now (``latest`` unless one was assigned)."""
+        assigned = []
+        for attrs, params, name in self._slots[index]:
+            if name not in attrs and params.get(name) is not None:
+                attrs[name] = params.pop(name)  # an nn.Parameter was assigned: registered by nn.Module
+            value = attrs.get(name)
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"the fast weight {self._slot_paths[index][0]!r} is now {type(value).__name__}; "
+                    "assign a tensor"
+                )
+            if value is not latest and all(value is not a for a in assigned):
+                assigned.append(value)
+        if len(assigned) > 1:
+            raise ValueError(
+                f"the tied fast weights {self._slot_paths[index]} were assigned different tensors; "
+                "assign one of them"
+            )
+        return assigned[0] if assigned else latest
+
+    def _retie(self) -> None:
+        latest = self._fast_params[-1]
+        for i in self._tied:
+            value = self._read_slots(i, latest[i])
+            for attrs, _, name in self._slots[i]:
+                attrs[name] = value
+
+    def _sync(self) -> list[torch.Tensor]:
+        """The latest fast weights, after adopting any assigned by attribute."""
+        latest = self._fast_params[-1]
+        for tensor, slots in zip(latest, self._slots):
+            for attrs, _, name in slots:
+                if attrs.get(name) is not tensor:
+                    current = [self._read_slots(i, t) for i, t in enumerate(latest)]
+                    if any(a is not b for a, b in zip(current, latest)):
+                        self.update_params(current)
+                    return self._fast_params[-1]
+        return latest
+
     @property
     def fast_params(self) -> list[torch.Tensor] | None:
         """The latest fast weights, or ``None`` before any were set."""
-        return None if self._fast_params is None else self._fast_params[-1]
+        return None if self._fast_params is None else self._sync()
 
     @fast_params.setter
     def fast_params(self, value: Iterable[torch.Tensor]) -> None:
@@ -153,8 +275,9 @@ class PatchedModule(nn.Module):
         """
         if self._fast_params is None:
             raise ValueError("this patched module has no fast weights yet")
+        latest = self._sync()
         if time is None:
-            return iter(self._fast_params[-1])
+            return iter(latest)
         try:
             return iter(self._fast_params[time])
         except IndexError:
@@ -163,6 +286,50 @@ class PatchedModule(nn.Module):
                 f"no fast weights for time={time}: {kept} set(s) are kept"
                 + ("" if self._track_higher_grads else " (track_higher_grads=False keeps only the latest)")
             ) from None
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True,  # type: ignore[override]
+                         remove_duplicate: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """The latest fast weights under the original module's parameter names.
+
+        With ``remove_duplicate=False`` a tied weight is listed under each of its
+        names (as ``torch.func.functional_call`` needs). Nothing is listed before
+        any fast weights are set.
+
+        Example:
+            >>> import torch, higher_core
+            >>> fnet = higher_core.patch.monkeypatch(torch.nn.Linear(2, 1))
+            >>> [name for name, _ in fnet.named_parameters()]
+            ['weight', 'bias']
+        """
+        latest = self.fast_params
+        if latest is None:
+            return
+        for tensor, names in zip(latest, self._slot_paths):
+            for name in names[:1] if remove_duplicate else names:
+                yield (f"{prefix}.{name}" if prefix else name), tensor
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """The original module's ``state_dict``, with the latest fast weights as its parameters.
+
+        Example:
+            >>> import torch, higher_core
+            >>> fnet = higher_core.patch.monkeypatch(torch.nn.BatchNorm1d(2))
+            >>> list(fnet.state_dict())
+            ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+        """
+        latest = self.fast_params
+        if latest is None:
+            return self._patched.state_dict(*args, **kwargs)
+        # Put the fast weights back where nn.Module looks for parameters, for this call only.
+        for slots in self._slots:
+            for attrs, params, name in slots:
+                params[name] = attrs.pop(name)
+        try:
+            return self._patched.state_dict(*args, **kwargs)
+        finally:
+            for slots in self._slots:
+                for attrs, params, name in slots:
+                    attrs[name] = params.pop(name)
 
     def detach_(self) -> PatchedModule:
         """Cut the graph here: the latest fast weights become detached leaves (truncated backprop).
@@ -181,7 +348,7 @@ class PatchedModule(nn.Module):
         """
         if self._fast_params is None:
             raise ValueError("this patched module has no fast weights yet")
-        latest = [p.detach().requires_grad_(p.requires_grad) for p in self._fast_params[-1]]
+        latest = [p.detach().requires_grad_(p.requires_grad) for p in self.fast_params]
         self.__dict__["_fast_params"] = None
         self.update_params(latest)
         return self
@@ -211,7 +378,7 @@ class PatchedModule(nn.Module):
                 "copy_to: the module's parameters do not match the patched module's fast weights "
                 "(pass the module that was patched)"
             )
-        for target, fast in zip(targets, self._fast_params[-1]):
+        for target, fast in zip(targets, self.fast_params):
             target.copy_(fast)
         if buffers:
             for name, buf in self._patched.named_buffers():
@@ -227,16 +394,43 @@ class PatchedModule(nn.Module):
         if not isinstance(value, bool):
             raise TypeError(f"track_higher_grads must be a bool, got {type(value).__name__}")
         self.__dict__["_track_higher_grads"] = value
+        for rnn in self._rnns:
+            rnn.__dict__[_NO_CUDNN] = value
+
+    # -- copies --------------------------------------------------------------------------
+    def __deepcopy__(self, memo: dict[int, Any]) -> PatchedModule:
+        fast = None
+        if self._fast_params is not None:
+            fast = []
+            for p in self.fast_params:
+                if id(p) not in memo:
+                    memo[id(p)] = p.detach().clone().requires_grad_(p.requires_grad)
+                fast.append(memo[id(p)])
+        patched = _copy_module(self._patched, memo)
+        return self._from_parts(patched, copy.deepcopy(self._slot_paths), list(self._param_shapes),
+                                fast, self._track_higher_grads, self._device)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        clone = copy.deepcopy(self)
+        return _rebuild, (type(self), clone._patched, clone._slot_paths, clone._param_shapes,
+                          clone.fast_params, clone._track_higher_grads, clone._device)
 
     # -- behaving like the original ------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            patched = self.__dict__.get("_patched")
-            if patched is None:
-                raise
-            return getattr(patched, name)
+        patched = self.__dict__.get("_patched")
+        if patched is not None:
+            try:
+                return getattr(patched, name)
+            except AttributeError:
+                pass
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Our own state and properties here; everything else (fmodel.weight = t) on the copy.
+        if name in self.__dict__ or hasattr(type(self), name) or "_patched" not in self.__dict__:
+            super().__setattr__(name, value)
+        else:
+            setattr(self._patched, name, value)
 
     # Containers (Sequential, ModuleList, ModuleDict) index and iterate like the original.
     def __getitem__(self, index: Any) -> Any:

@@ -4,7 +4,8 @@ Each takes an :class:`~higher_core.testing.OptimizerInfo` and one of its
 :class:`~higher_core.testing.OptimizerInput` rows, builds a small float64
 problem with two param groups, runs the reference optimizer and the registered
 differentiable optimizer side by side, and raises ``AssertionError`` on the
-first mismatch.
+first mismatch. Each also takes an optional ``device`` (default: the CPU) on
+which the problem, the reference and the differentiable optimizer run.
 """
 
 from __future__ import annotations
@@ -40,17 +41,19 @@ class Problem:
 
     The loss has ReLU units that are dead for part of the data, so some
     gradient entries are exactly zero. With ``dtype=torch.complex128`` the
-    parameters are complex and the loss real.
+    parameters are complex and the loss real. With ``device``, the numbers
+    (drawn on the CPU, so the same on every device) are moved there.
     """
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], seed: int = 0,
-                 dtype: torch.dtype = torch.float64) -> None:
+                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> None:
         g = torch.Generator().manual_seed(seed)
-        self.initial = [torch.randn(*s, generator=g, dtype=dtype) for s in shapes]
-        self.data = [torch.randn(*s, generator=g, dtype=dtype) for s in shapes]
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.initial = [torch.randn(*s, generator=g, dtype=dtype).to(self.device) for s in shapes]
+        self.data = [torch.randn(*s, generator=g, dtype=dtype).to(self.device) for s in shapes]
 
     def loss(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for p, d in zip(params, self.data):
             z = p * d
             if z.is_complex():
@@ -127,8 +130,9 @@ def _compare(name: str, ours: Any, theirs: Any, rtol: float, atol: float) -> Non
 
 
 def _assert_same_trajectory(info: OptimizerInfo, row: OptimizerInput, warmup: int,
-                            dtype: torch.dtype = torch.float64) -> None:
-    problem = Problem(info.shapes, dtype=dtype)
+                            dtype: torch.dtype = torch.float64,
+                            device: torch.device | str | None = None) -> None:
+    problem = Problem(info.shapes, dtype=dtype, device=device)
     opt, ref_params = _reference(info, row, problem, warmup)
     fast = [p.detach().clone().requires_grad_() for p in ref_params]
     diffopt = get_diff_optim(opt, ref_params)
@@ -144,39 +148,40 @@ def _assert_same_trajectory(info: OptimizerInfo, row: OptimizerInput, warmup: in
                 _compare(f"{where}, state {key!r}", diffopt.state[i][key], value, info.rtol, info.atol)
 
 
-def check_parity(info: OptimizerInfo, row: OptimizerInput) -> None:
+def check_parity(info: OptimizerInfo, row: OptimizerInput, device: torch.device | str | None = None) -> None:
     """Parameters and state equal the reference's after each of ``info.steps`` steps."""
-    _assert_same_trajectory(info, row, warmup=0)
+    _assert_same_trajectory(info, row, warmup=0, device=device)
 
 
-def check_continue_from_reference(info: OptimizerInfo, row: OptimizerInput) -> None:
+def check_continue_from_reference(info: OptimizerInfo, row: OptimizerInput,
+                                  device: torch.device | str | None = None) -> None:
     """Built from a reference that already took 3 steps, the trajectory continues identically."""
-    _assert_same_trajectory(info, row, warmup=3)
+    _assert_same_trajectory(info, row, warmup=3, device=device)
 
 
 class NotApplicable(Exception):
     """A check that does not apply to this row; the message says why (the suite prints it)."""
 
 
-def check_complex(info: OptimizerInfo, row: OptimizerInput) -> None:
+def check_complex(info: OptimizerInfo, row: OptimizerInput, device: torch.device | str | None = None) -> None:
     """With complex128 parameters, parameters and state equal the reference's (as for parity)."""
     if row.kwargs.get("fused"):
         raise NotApplicable("torch's fused kernels do not take complex parameters")
-    _assert_same_trajectory(info, row, warmup=0, dtype=torch.complex128)
+    _assert_same_trajectory(info, row, warmup=0, dtype=torch.complex128, device=device)
 
 
 #: flags that only choose an implementation in torch.optim
 IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 
 
-def check_implementation_flags(info: OptimizerInfo) -> list[str]:
+def check_implementation_flags(info: OptimizerInfo, device: torch.device | str | None = None) -> list[str]:
     """Each implementation flag the reference accepts changes none of our numbers.
 
     For every flag in :data:`IMPLEMENTATION_FLAGS` that the reference's
     constructor takes, the differentiable optimizer built from a reference made
     with ``flag=True`` takes bit-identical steps to one built without it. Flags
-    the reference refuses on this machine (``fused`` or ``capturable`` on CPU)
-    are left out. Returns the flags checked.
+    the reference refuses on this device (``capturable`` on CPU, say) are left
+    out. Returns the flags checked.
     """
     import inspect
 
@@ -186,7 +191,7 @@ def check_implementation_flags(info: OptimizerInfo) -> list[str]:
     for flag in (None, *IMPLEMENTATION_FLAGS):
         if flag is not None and flag not in accepted:
             continue
-        problem = Problem(info.shapes)
+        problem = Problem(info.shapes, device=device)
         params = problem.leaves()
         try:
             opt = info.reference(_groups(info, params, row), **{**row.kwargs, **({flag: True} if flag else {})})
@@ -224,10 +229,11 @@ def _unrolled(info: OptimizerInfo, row: OptimizerInput, problem: Problem,
     return unrolled, leaves
 
 
-def check_gradcheck(info: OptimizerInfo, row: OptimizerInput, steps: int = 2) -> None:
+def check_gradcheck(info: OptimizerInfo, row: OptimizerInput, steps: int = 2,
+                    device: torch.device | str | None = None) -> None:
     """``gradcheck`` and ``gradgradcheck`` through two unrolled steps w.r.t. the starting weights
     (after ``info.gradcheck_warmup`` reference steps)."""
-    problem = Problem(info.shapes)
+    problem = Problem(info.shapes, device=device)
     unrolled, leaves = _unrolled(info, row, problem, steps)
     inputs = leaves()
     assert torch.autograd.gradcheck(unrolled, inputs), "gradcheck w.r.t. the initial weights"
@@ -239,7 +245,8 @@ def hyperparameters_of(info: OptimizerInfo, diff_type: type[DifferentiableOptimi
     return list(info.hyperparameters if info.hyperparameters is not None else diff_type.tensor_hyperparameters)
 
 
-def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 2) -> list[str]:
+def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 2,
+                         device: torch.device | str | None = None) -> list[str]:
     """``gradcheck`` w.r.t. every tensor hyperparameter, given as a float64 override.
 
     A tuple hyperparameter (``betas``) is checked entry by entry. Returns the
@@ -247,7 +254,7 @@ def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 
     """
     from higher_core._registry import resolve
 
-    problem = Problem(info.shapes)
+    problem = Problem(info.shapes, device=device)
     unrolled, leaves = _unrolled(info, row, problem, steps)
     opt, _ = _reference(info, row, problem)
     checked = []
@@ -261,16 +268,17 @@ def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 
                 given = tuple(entries) if isinstance(value, tuple) else entries[0]
                 return unrolled(*leaves(), override={name: [given]})
 
-            h = torch.tensor(float(values[k]), dtype=torch.float64, requires_grad=True)
+            h = torch.tensor(float(values[k]), dtype=torch.float64, device=problem.device, requires_grad=True)
             assert torch.autograd.gradcheck(of_hyperparameter, (h,)), f"gradcheck w.r.t. {name}[{k}]"
             checked.append(f"{name}[{k}]" if isinstance(value, tuple) else name)
     return checked
 
 
-def check_finite_meta_gradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 3) -> None:
+def check_finite_meta_gradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 3,
+                                device: torch.device | str | None = None) -> None:
     """With exact zeros in the gradients, meta-gradients are finite under anomaly detection,
     and the forward numbers still match the reference."""
-    problem = Problem(info.shapes)
+    problem = Problem(info.shapes, device=device)
     problem.data[1] = torch.zeros_like(problem.data[1])  # param 1 meets only dead units
     problem.data[0].view(-1)[0] = 0.0  # one exact zero in param 0's gradient
     opt, ref_params = _reference(info, row, problem)
@@ -288,9 +296,10 @@ def check_finite_meta_gradients(info: OptimizerInfo, row: OptimizerInput, steps:
         assert g is None or torch.isfinite(g).all(), f"meta-gradient of param {i} is not finite: {g}"
 
 
-def check_frozen_and_unused(info: OptimizerInfo, row: OptimizerInput, steps: int = 3) -> None:
+def check_frozen_and_unused(info: OptimizerInfo, row: OptimizerInput, steps: int = 3,
+                            device: torch.device | str | None = None) -> None:
     """A fast weight that does not require grad, and one the loss does not reach, stay unchanged."""
-    problem = Problem(info.shapes)
+    problem = Problem(info.shapes, device=device)
     opt, ref_params = _reference(info, row, problem)
     diffopt = get_diff_optim(opt, ref_params)
     fast = problem.leaves()
@@ -313,9 +322,10 @@ def check_frozen_and_unused(info: OptimizerInfo, row: OptimizerInput, steps: int
     )
 
 
-def check_error_input(info: OptimizerInfo, bad: ErrorOptimizerInput) -> None:
+def check_error_input(info: OptimizerInfo, bad: ErrorOptimizerInput,
+                      device: torch.device | str | None = None) -> None:
     """The bad input is refused with the declared error type and message."""
-    problem = Problem(info.shapes)
+    problem = Problem(info.shapes, device=device)
     params = problem.leaves()
     row = OptimizerInput(kwargs=bad.kwargs, desc=bad.desc, second_group={})
     try:

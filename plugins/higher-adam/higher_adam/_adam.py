@@ -7,7 +7,15 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled, addcdiv, addcmul, is_zero, safe_sqrt
+from higher_core.functional import (
+    add_scaled,
+    addcdiv,
+    addcmul,
+    foreach_safe_sqrt,
+    foreach_scalar,
+    is_zero,
+    safe_sqrt,
+)
 from higher_core.optim import DifferentiableOptimizer, State
 
 
@@ -42,6 +50,9 @@ class DifferentiableAdam(DifferentiableOptimizer):
 
     tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
     complex_as_real = True
+    #: update a group with ``torch._foreach_*`` kernels (same numbers as the
+    #: per-tensor rule, which stays the reference; set False to use it)
+    foreach = True
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
         state: State = {
@@ -60,6 +71,18 @@ class DifferentiableAdam(DifferentiableOptimizer):
         grads: list[torch.Tensor],
         states: list[State],
     ) -> tuple[list[torch.Tensor], list[State]]:
+        if self.foreach and len({(p.device, p.dtype) for p in params}) == 1:
+            return self._update_foreach(group, params, grads, states)
+        return self._update_per_tensor(group, params, grads, states)
+
+    def _update_per_tensor(
+        self,
+        group: Mapping[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[State],
+    ) -> tuple[list[torch.Tensor], list[State]]:
+        """The reference rule, one tensor at a time, as torch's single-tensor Adam."""
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         weight_decay, amsgrad = group["weight_decay"], group["amsgrad"]
         decoupled = group.get("decoupled_weight_decay", False)
@@ -90,5 +113,51 @@ class DifferentiableAdam(DifferentiableOptimizer):
                 second_moment = exp_avg_sq
             denom = safe_sqrt(second_moment) / bias_correction2_sqrt + eps
             new_params.append(addcdiv(param, exp_avg, denom, -step_size))
+            new_states.append(new_state)
+        return new_params, new_states
+
+    def _update_foreach(
+        self,
+        group: Mapping[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[State],
+    ) -> tuple[list[torch.Tensor], list[State]]:
+        """The same rule with one ``torch._foreach_*`` kernel per operation for the whole group."""
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        weight_decay, amsgrad = group["weight_decay"], group["amsgrad"]
+        n = len(params)
+        if group.get("maximize", False):
+            grads = torch._foreach_neg(grads)
+        if not is_zero(weight_decay):
+            if group.get("decoupled_weight_decay", False):
+                params = torch._foreach_mul(params, foreach_scalar(1 - lr * weight_decay, n))
+            elif isinstance(weight_decay, torch.Tensor):
+                grads = torch._foreach_add(grads, torch._foreach_mul(params, [weight_decay] * n))
+            else:
+                grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        steps = [state["step"] + 1 for state in states]
+        exp_avg = torch._foreach_lerp([s["exp_avg"] for s in states], grads, foreach_scalar(1 - beta1, n))
+        if isinstance(beta2, torch.Tensor):
+            exp_avg_sq = torch._foreach_lerp([s["exp_avg_sq"] for s in states], torch._foreach_mul(grads, grads),
+                                             [1 - beta2] * n)
+        else:
+            exp_avg_sq = torch._foreach_addcmul(torch._foreach_mul([s["exp_avg_sq"] for s in states], beta2),
+                                                grads, grads, value=1 - beta2)
+        if amsgrad:
+            second_moment = torch._foreach_maximum([s["max_exp_avg_sq"] for s in states], exp_avg_sq)
+        else:
+            second_moment = exp_avg_sq
+        bias_correction2_sqrt = [(1 - beta2**step) ** 0.5 for step in steps]
+        denom = torch._foreach_add(torch._foreach_div(foreach_safe_sqrt(second_moment), bias_correction2_sqrt),
+                                   foreach_scalar(eps, n))
+        neg_step_size = [-(lr / (1 - beta1**step)) for step in steps]
+        # params + (-step_size * exp_avg) / denom: the order of torch's addcdiv kernel
+        new_params = torch._foreach_add(params, torch._foreach_div(torch._foreach_mul(exp_avg, neg_step_size), denom))
+        new_states = []
+        for k, state in enumerate(states):
+            new_state = {**state, "step": steps[k], "exp_avg": exp_avg[k], "exp_avg_sq": exp_avg_sq[k]}
+            if amsgrad:
+                new_state["max_exp_avg_sq"] = second_moment[k]
             new_states.append(new_state)
         return new_params, new_states

@@ -47,3 +47,41 @@ def test_meta_gradient_is_finite_when_a_gradient_entry_is_zero():
     (g,) = torch.autograd.grad(fast[0].sum(), w)
     assert torch.isfinite(g).all()
     assert g[0] == 1.0  # an entry whose gradient is always zero never moves
+
+
+def _trajectory(foreach, steps=4, override=None, **kwargs):
+    from higher_core.testing import Problem
+
+    problem = Problem(((3, 2), (2,), (4, 1, 2)))
+    problem.data[1] = torch.zeros_like(problem.data[1])  # exact zeros in a gradient
+    leaves = problem.leaves()
+    opt = torch.optim.Adam(leaves, **kwargs)
+    diffopt = higher_core.get_diff_optim(opt, leaves, override=override)
+    diffopt.foreach = foreach
+    fast = problem.leaves()
+    start = list(fast)
+    for _ in range(steps):
+        fast = diffopt.step(problem.loss(fast), params=fast)
+    meta = torch.autograd.grad(problem.loss(fast), start + list(override.get("lr", []) if override else []))
+    return fast, diffopt.state, meta
+
+
+def test_foreach_rule_gives_the_same_numbers_as_the_per_tensor_rule():
+    lr = torch.tensor(0.02, dtype=torch.float64, requires_grad=True)
+    cases = [
+        {"lr": 0.05},
+        {"lr": 0.05, "amsgrad": True, "weight_decay": 0.1, "maximize": True},
+        {"lr": 0.05, "weight_decay": 0.1, "decoupled_weight_decay": True, "betas": (0.5, 0.7)},
+        {"lr": 0.05, "weight_decay": 0.1, "override": {"lr": [lr]}},
+    ]
+    for kwargs in cases:
+        fast_a, state_a, meta_a = _trajectory(True, **kwargs)
+        fast_b, state_b, meta_b = _trajectory(False, **kwargs)
+        for a, b in zip(fast_a, fast_b):
+            assert torch.equal(a, b), kwargs
+        for i in state_b:
+            for key in state_b[i]:
+                assert torch.equal(torch.as_tensor(state_a[i][key]), torch.as_tensor(state_b[i][key])), (kwargs, key)
+        for a, b in zip(meta_a, meta_b):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+            assert torch.isfinite(a).all()
