@@ -1,0 +1,229 @@
+"""LBFGS-specific behaviour of higher-lbfgs (the shared suite covers the rest)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.optim.lbfgs import _strong_wolfe
+
+import higher_core
+from higher_core.testing import Problem
+from higher_lbfgs import DifferentiableLBFGS
+from higher_lbfgs._exact import add_scaled
+from higher_lbfgs._line_search import strong_wolfe
+
+SHAPES = ((3, 2), (2,), (2, 2))
+
+
+def _rugged(seed: int, n: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    a, w, b, c = (torch.rand(n, generator=g, dtype=torch.float64) * s for s in (3.0, 4.0, 0.5, 0.05))
+    x0 = torch.randn(n, generator=g, dtype=torch.float64) * 2
+
+    def f(x):
+        return (a * torch.sin(w * x) + b * x * x + c * x**4).sum()
+
+    return f, x0
+
+
+def _value_and_grad(f, x):
+    x = x.detach().requires_grad_()
+    y = f(x)
+    return y.detach(), torch.autograd.grad(y, x)[0]
+
+
+def _torch_steps(opt, params, loss_fn, steps):
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(params)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+
+
+def _assert_same_state(ours, theirs):
+    assert set(ours) == set(theirs)
+    for key, value in theirs.items():
+        mine = ours[key]
+        if isinstance(value, list):
+            assert len(mine) == len(value), key
+            pairs = [(a, b) for a, b in zip(mine, value) if b is not None]
+        else:
+            pairs = [(mine, value)]
+        for a, b in pairs:
+            if isinstance(b, torch.Tensor) or isinstance(a, torch.Tensor):
+                assert torch.equal(torch.as_tensor(a).detach(), torch.as_tensor(b).to(torch.float64)), key
+            else:
+                assert a == b, key
+
+
+def test_entry_point_discovered():
+    params = Problem(((2,),)).leaves()
+    opt = torch.optim.LBFGS(params)
+    assert higher_core.optim.DifferentiableLBFGS is DifferentiableLBFGS
+    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableLBFGS
+
+
+@pytest.mark.parametrize(("max_ls", "tolerance_change"), [(25, 1e-9), (3, 1e-9), (25, 1.0)])
+def test_strong_wolfe_takes_torch_branches_and_numbers(max_ls, tolerance_change):
+    # rugged 1-D slices, first steps from tiny to huge: bracketing, extrapolation, zoom,
+    # swapped brackets, complex cubic roots, the evaluation budget and the bracket tolerance
+    for seed in range(30):
+        f, x0 = _rugged(seed)
+        fx, gx = _value_and_grad(f, x0)
+        d = -gx
+        gtd = gx.dot(d)
+        for t0 in (1e-3, 0.1, 1.0, 10.0, 1000.0):
+            def along_torch(x, t, direction, f=f):
+                value, grad = _value_and_grad(f, torch.add(x, direction, alpha=t))
+                return float(value), grad
+
+            def along(t, f=f, x0=x0, d=d):
+                return _value_and_grad(f, add_scaled(x0, d, t))
+
+            theirs = _strong_wolfe(along_torch, x0, t0, d, float(fx), gx, gtd, max_ls=max_ls,
+                                   tolerance_change=tolerance_change)
+            ours = strong_wolfe(along, t0, d, fx, gx, gtd, max_ls=max_ls, tolerance_change=tolerance_change)
+            assert float(ours[0]) == theirs[0] and torch.equal(ours[1], theirs[1])
+            assert float(ours[2]) == float(theirs[2]) and ours[3] == theirs[3], (seed, t0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"history_size": 2, "max_iter": 7},
+        {"line_search_fn": "strong_wolfe", "history_size": 3, "max_iter": 6},
+        {"line_search_fn": "strong_wolfe", "lr": 5.0, "max_iter": 5, "max_eval": 9},
+        {"lr": torch.tensor(0.3), "max_iter": 4},
+    ],
+)
+def test_rugged_loss_matches_torch_bit_for_bit(options):
+    f, x0 = _rugged(7, n=6)
+    params = [x0[:4].reshape(2, 2).clone().requires_grad_(), x0[4:].clone().requires_grad_()]
+
+    def loss(ps):
+        return f(torch.cat([p.reshape(-1) for p in ps]))
+
+    opt = torch.optim.LBFGS(params, **options)
+    diffopt = higher_core.get_diff_optim(opt, params)
+    fast = [p.detach().clone().requires_grad_() for p in params]
+    for _ in range(6):
+        fast = diffopt.step(loss, params=fast)
+        _torch_steps(opt, params, loss, 1)
+        assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(fast, params))
+        _assert_same_state(diffopt.state[0], opt.state[params[0]])
+
+
+def test_two_param_groups_refused():
+    params = Problem(SHAPES).leaves()
+    opt = torch.optim.LBFGS(params[:2])
+    opt.add_param_group({"params": params[2:]})
+    with pytest.raises(ValueError, match="per-parameter options"):
+        higher_core.get_diff_optim(opt, params)
+
+
+def test_step_needs_a_closure():
+    problem = Problem(SHAPES)
+    params = problem.leaves()
+    diffopt = higher_core.get_diff_optim(torch.optim.LBFGS(params), params)
+    with pytest.raises(TypeError, match="closure"):
+        diffopt.step(problem.loss(params), params=params)
+
+
+def test_closure_over_fmodel_fast_weights():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    reference = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(16, 3, dtype=torch.float64)
+    y = torch.randn(16, 1, dtype=torch.float64)
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=5, line_search_fn="strong_wolfe")
+    with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
+        for _ in range(2):
+            diffopt.step(lambda p: (fmodel(x, params=p) - y).pow(2).mean())
+        adapted = fmodel.fast_params
+        meta = torch.autograd.grad((fmodel(x) - y).pow(2).mean(), fmodel.init_fast_params)
+    ref_opt = torch.optim.LBFGS(reference.parameters(), max_iter=5, line_search_fn="strong_wolfe")
+    _torch_steps(ref_opt, list(reference.parameters()), lambda _: (reference(x) - y).pow(2).mean(), 2)
+    for a, b in zip(adapted, reference.parameters()):
+        assert torch.equal(a.detach(), b.detach())
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in meta)
+
+
+def test_grad_callback_sees_every_evaluation():
+    problem = Problem(SHAPES)
+    params = problem.leaves()
+    calls = []
+
+    def callback(grads):
+        calls.append(len(grads))
+        return grads
+
+    opt = torch.optim.LBFGS(params, max_iter=6, line_search_fn="strong_wolfe", lr=3.0)
+    diffopt = higher_core.get_diff_optim(opt, params, grad_callback=callback)
+    fast = problem.leaves()
+    for _ in range(2):
+        fast = diffopt.step(problem.loss, params=fast)
+    assert len(calls) == diffopt.state[0]["func_evals"] > 2 * 6
+
+
+def test_export_state_lets_torch_continue():
+    problem = Problem(SHAPES)
+    params, reference = problem.leaves(), problem.leaves()
+    opt = torch.optim.LBFGS(params, max_iter=3, history_size=4)
+    ref_opt = torch.optim.LBFGS(reference, max_iter=3, history_size=4)
+    diffopt = higher_core.get_diff_optim(opt, params)
+    fast = problem.leaves()
+    for _ in range(3):
+        fast = diffopt.step(problem.loss, params=fast)
+    with torch.no_grad():
+        for p, f in zip(params, fast):
+            p.copy_(f)
+    diffopt.export_state(opt)
+    _torch_steps(ref_opt, reference, problem.loss, 3)
+    _torch_steps(opt, params, problem.loss, 3)
+    _torch_steps(ref_opt, reference, problem.loss, 3)
+    assert all(torch.equal(a, b) for a, b in zip(params, reference))
+    _assert_same_state(opt.state[params[0]], ref_opt.state[reference[0]])
+
+
+def test_truncate_detaches_the_memory_and_test_mode_keeps_no_graph():
+    problem = Problem(SHAPES)
+    params = problem.leaves()
+    opt = torch.optim.LBFGS(params, max_iter=4)
+    diffopt = higher_core.get_diff_optim(opt, params)
+    fast = diffopt.step(problem.loss, params=problem.leaves())
+    state = diffopt.state[0]
+    assert state["old_dirs"][0].grad_fn is not None
+    diffopt.truncate()
+    tensors = [v for value in state.values() for v in (value if isinstance(value, list) else [value])
+               if isinstance(v, torch.Tensor)]
+    assert tensors and all(v.grad_fn is None for v in tensors)
+
+    test_mode = higher_core.get_diff_optim(opt, params, track_higher_grads=False)
+    fast = test_mode.step(problem.loss, params=problem.leaves())
+    assert all(p.is_leaf for p in fast)
+    assert all(v.grad_fn is None for v in test_mode.state[0]["old_dirs"])
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_gradcheck_continuing_from_a_warm_memory(line_search_fn):
+    # the suite unrolls from an empty state; here the memory, H_diag and t come from torch
+    problem = Problem(SHAPES)
+    params = problem.leaves()
+    opt = torch.optim.LBFGS(params, lr=0.5, max_iter=3, history_size=3, line_search_fn=line_search_fn)
+    _torch_steps(opt, params, problem.loss, 2)
+    start = [p.detach().clone() for p in params]
+
+    def unrolled(*initial):
+        diffopt = higher_core.get_diff_optim(opt, params)
+        fast = list(initial)
+        for _ in range(2):
+            fast = diffopt.step(problem.loss, params=fast)
+        return problem.loss(fast)
+
+    inputs = tuple(p.clone().requires_grad_() for p in start)
+    assert torch.autograd.gradcheck(unrolled, inputs)
+    assert torch.autograd.gradgradcheck(unrolled, inputs)
