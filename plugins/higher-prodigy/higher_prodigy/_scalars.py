@@ -1,0 +1,51 @@
+"""Prodigy's global scalars (d, its numerator and denominator) kept as numbers or 0-d tensors.
+
+``prodigyopt`` keeps them as Python floats (``.item()``); here they stay in the
+graph, so meta-gradients see how the step size depends on the trajectory.
+Comparisons follow Python's ``max``/``min`` exactly (ties keep the first
+argument), so forward numbers and branches match ``prodigyopt``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+from higher_core.functional import safe_sqrt
+
+__all__ = ["Scalar", "as_double", "first_max", "first_min", "is_inf", "sqrt", "value"]
+
+Scalar = Union[float, torch.Tensor]
+
+
+def value(x: Scalar) -> float:
+    """The number a scalar holds (what ``prodigyopt`` compares)."""
+    return x.detach().item() if isinstance(x, torch.Tensor) else float(x)
+
+
+def first_max(a: Scalar, b: Scalar) -> Scalar:
+    """``max(a, b)`` as Python computes it: ``b`` only if strictly greater."""
+    return b if value(b) > value(a) else a
+
+
+def first_min(a: Scalar, b: Scalar) -> Scalar:
+    """``min(a, b)`` as Python computes it: ``b`` only if strictly smaller."""
+    return b if value(b) < value(a) else a
+
+
+def sqrt(x: Scalar) -> Scalar:
+    """``math.sqrt`` for a number; a square root with a finite derivative at 0 for a tensor."""
+    return safe_sqrt(x) if isinstance(x, torch.Tensor) else math.sqrt(x)
+
+
+def as_double(x: torch.Tensor) -> torch.Tensor:
+    """A 0-d statistic in float64, as ``prodigyopt``'s ``.item()`` gives it (MPS has no float64)."""
+    if x.dtype == torch.float64 or x.device.type == "mps":
+        return x
+    return x.to(torch.float64)
+
+
+def is_inf(x: Scalar) -> bool:
+    return math.isinf(value(x))
