@@ -12,12 +12,19 @@ import higher_core
 from higher_core._plugins import plugin_host
 
 
+def _package_modules(name):
+    package = importlib.import_module(name)
+    found = [name]
+    if hasattr(package, "__path__"):
+        found += [m.name for m in pkgutil.walk_packages(package.__path__, name + ".") if not m.name.endswith("__main__")]
+    return found
+
+
 def _modules():
-    names = [m.name for m in pkgutil.walk_packages(higher_core.__path__, "higher_core.")
-             if m.name != "higher_core.__main__"]
-    plugin_packages = sorted({r.entry_point.split("=")[1].strip().split(":")[0]
+    """The core's modules and every module of every installed plugin package."""
+    plugin_packages = sorted({r.entry_point.split("=")[1].strip().split(":")[0].split(".")[0]
                               for r in plugin_host().records() if r.entry_point})
-    return ["higher_core", *names, *plugin_packages]
+    return [m for package in ["higher_core", *plugin_packages] for m in _package_modules(package)]
 
 
 @pytest.mark.parametrize("name", _modules())

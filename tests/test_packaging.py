@@ -7,6 +7,7 @@ torch and pluggy) makes an Adam inner loop work, while SGD is refused with the
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,7 +45,8 @@ else:
 
 
 def _run(*command: str | Path, cwd: Path | None = None) -> str:
-    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIGHER_CORE_")}  # no plugin filters
+    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, env=env)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
