@@ -26,7 +26,6 @@ __all__ = ["PatchedModule", "_MonkeyPatchBase", "buffer_sync", "make_functional"
 
 # Where one fast weight lives: (submodule.__dict__, submodule._parameters, attribute name).
 _Slot = tuple[dict, dict, str]
-_MISSING = object()
 _NO_CUDNN = "_higher_core_no_cudnn"  # set on the patched copy's RNN modules while tracking
 _CUDNN_WAS_ON = "_higher_core_cudnn_was_on"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -199,3 +201,130 @@ def test_get_func_params_and_flatten():
     assert all(c.is_leaf and c.requires_grad and c is not p for c, p in zip(copies, net.parameters()))
     assert all(c.data_ptr() != p.data_ptr() for c, p in zip(copies, net.parameters()))
     assert higher_core.utils.flatten({"a": [1, (2, {3})], "b": {"c": 4}}) == [1, 2, 3, 4]
+
+
+# -- a stand-in for the original ------------------------------------------------------------
+class _TiedPair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encode = nn.Linear(3, 3, bias=False)
+        self.decode = nn.Linear(3, 3, bias=False)
+        self.decode.weight = self.encode.weight
+
+    def forward(self, x):
+        return self.decode(torch.tanh(self.encode(x)))
+
+
+def test_no_class_is_created_per_submodule():
+    net = _net()
+    fnet = monkeypatch(net)
+    assert type(fnet) is PatchedModule
+    assert [type(m) for m in fnet.children()] == [type(m) for m in net.children()]
+    assert "weight" not in fnet[0]._parameters and fnet[0].weight is fnet.fast_params[0]
+
+
+def test_child_calls_use_the_current_fast_weights():
+    net = _net().eval()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with higher_core.innerloop_ctx(net, opt) as (fnet, diffopt):
+        diffopt.step(fnet(x).pow(2).sum())
+        w, b = fnet.fast_params[:2]
+        torch.testing.assert_close(fnet[0](x), torch.nn.functional.linear(x, w, b), rtol=0, atol=0)
+        assert not torch.equal(fnet[0](x), net[0](x))
+
+
+def test_train_and_eval_leave_the_original_alone_at_every_depth():
+    net = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)), nn.BatchNorm1d(2))
+    fnet = monkeypatch(net).eval()
+    assert not any(m.training for m in fnet.modules()) and all(m.training for m in net.modules())
+    fnet.train()
+    net.eval()
+    assert all(m.training for m in fnet.modules()) and not any(m.training for m in net.modules())
+
+
+def test_assigning_a_fast_weight_by_attribute_takes_effect_and_is_tracked():
+    net = _net().eval()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with higher_core.innerloop_ctx(net, opt) as (fnet, diffopt):
+        diffopt.step(fnet(x).pow(2).sum())
+        t = torch.ones(4, 3, dtype=torch.float64, requires_grad=True)
+        fnet[0].weight = t
+        assert fnet[0].weight is t
+        torch.testing.assert_close(fnet[0](x), x @ t.T + fnet.fast_params[1], rtol=0, atol=0)
+        assert fnet.fast_params[0] is t and next(fnet.parameters(time=2)) is t  # appended to the history
+        new = diffopt.step(fnet(x).pow(2).sum())  # the step starts from t
+        assert torch.autograd.grad(fnet(x, params=new).sum(), t)[0].abs().sum() > 0
+        # the top level, an nn.Parameter, and a weight restored by functional_call
+        fnet.fast_params = new
+        p = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+        fnet[3].bias = p
+        assert fnet.fast_params[-1] is p and "bias" not in fnet[3]._parameters
+        fnet[3].bias = torch.ones(2, dtype=torch.float64)  # a plain tensor may follow a Parameter
+        assert torch.equal(fnet.fast_params[-1], torch.ones(2, dtype=torch.float64))
+    flin = monkeypatch(nn.Linear(2, 1))
+    flin.weight = torch.zeros(1, 2)
+    assert flin.weight is flin.fast_params[0] and flin._patched.weight is flin.weight
+
+
+def test_assigning_a_tied_weight_reties_it():
+    fnet = monkeypatch(_TiedPair().double())
+    t = torch.eye(3, dtype=torch.float64, requires_grad=True)
+    fnet.decode.weight = t
+    x = torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(fnet(x), torch.tanh(x), rtol=0, atol=0)  # re-tied at the call
+    assert fnet.encode.weight is t and fnet.fast_params == [t]
+    fnet.encode.weight, fnet.decode.weight = t * 2, t * 3
+    with pytest.raises(ValueError, match=r"tied fast weights \['encode.weight', 'decode.weight'\]"):
+        fnet(x)
+
+
+def test_assigning_something_else_than_a_tensor_is_an_error():
+    fnet = monkeypatch(nn.Linear(2, 1))
+    fnet.bias = None
+    with pytest.raises(TypeError, match="the fast weight 'bias' is now NoneType; assign a tensor"):
+        _ = fnet.fast_params
+
+
+def test_named_parameters_and_state_dict_are_the_originals_with_fast_weights():
+    net = _TiedPair().double()
+    fnet = monkeypatch(nn.Sequential(net, nn.BatchNorm1d(3)))
+    fnet.update_params([2 * p for p in fnet.fast_params])
+    assert [n for n, _ in fnet.named_parameters()] == ["0.encode.weight", "1.weight", "1.bias"]
+    assert [n for n, _ in fnet.named_parameters(remove_duplicate=False)][:2] == ["0.encode.weight", "0.decode.weight"]
+    state = fnet.state_dict()
+    reference = nn.Sequential(_TiedPair(), nn.BatchNorm1d(3)).state_dict()
+    assert list(state) == list(reference)
+    torch.testing.assert_close(state["0.decode.weight"], 2 * net.encode.weight.detach())
+    assert state["0.encode.weight"].grad_fn is None and fnet[0].encode.weight.grad_fn is not None
+    assert "weight" not in fnet[0].encode._parameters  # put back as an attribute
+
+
+def test_functional_call_with_parameters_leaves_the_fast_weights_alone():
+    net = nn.Linear(2, 2).double()
+    fnet = monkeypatch(net, copy_initial_weights=False)  # the fast weights are the nn.Parameters
+    x = torch.randn(3, 2, dtype=torch.float64)
+    doubled = {name: nn.Parameter(2 * p.detach()) for name, p in net.named_parameters()}
+    got = torch.func.functional_call(fnet, doubled, (x,))
+    torch.testing.assert_close(got, torch.func.functional_call(net, doubled, (x,)), rtol=0, atol=0)
+    torch.func.functional_call(fnet, dict(net.named_parameters()), (x,))
+    assert fnet.fast_params == list(net.parameters()) and len(fnet._fast_params) == 1
+    torch.testing.assert_close(fnet(x), net(x), rtol=0, atol=0)
+
+
+def test_a_deep_copy_starts_its_history_from_detached_weights():
+    net = _net().eval()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with higher_core.innerloop_ctx(net, opt, copy_initial_weights=False) as (fnet, diffopt):
+        net[0].bias.requires_grad_(False)
+        diffopt.step(fnet(x).pow(2).sum())
+        clone = copy.deepcopy(fnet)
+    assert len(clone._fast_params) == 1 and clone.track_higher_grads
+    assert [p.requires_grad for p in clone.fast_params] == [True, False, True, True, True, True]
+    assert all(p.is_leaf and type(p) is torch.Tensor for p in clone.fast_params)
+    clone.update_params([p + 1 for p in clone.fast_params])  # and it runs its own inner loop
+    assert not torch.equal(clone(x), fnet(x))
+    empty = copy.deepcopy(make_functional(nn.Linear(2, 1)))
+    assert empty.fast_params is None

@@ -11,6 +11,8 @@ from higher_core.functional import (
     add_scaled,
     addcdiv,
     addcmul,
+    foreach_div,
+    foreach_mul,
     foreach_safe_sqrt,
     foreach_scalar,
     is_zero,
@@ -131,9 +133,9 @@ class DifferentiableAdam(DifferentiableOptimizer):
             grads = torch._foreach_neg(grads)
         if not is_zero(weight_decay):
             if group.get("decoupled_weight_decay", False):
-                params = torch._foreach_mul(params, foreach_scalar(1 - lr * weight_decay, n))
+                params = foreach_mul(params, 1 - lr * weight_decay)
             elif isinstance(weight_decay, torch.Tensor):
-                grads = torch._foreach_add(grads, torch._foreach_mul(params, [weight_decay] * n))
+                grads = torch._foreach_add(grads, foreach_mul(params, weight_decay))
             else:
                 grads = torch._foreach_add(grads, params, alpha=weight_decay)
         steps = [state["step"] + 1 for state in states]
@@ -148,12 +150,14 @@ class DifferentiableAdam(DifferentiableOptimizer):
             second_moment = torch._foreach_maximum([s["max_exp_avg_sq"] for s in states], exp_avg_sq)
         else:
             second_moment = exp_avg_sq
-        bias_correction2_sqrt = [(1 - beta2**step) ** 0.5 for step in steps]
-        denom = torch._foreach_add(torch._foreach_div(foreach_safe_sqrt(second_moment), bias_correction2_sqrt),
-                                   foreach_scalar(eps, n))
-        neg_step_size = [-(lr / (1 - beta1**step)) for step in steps]
+        # one bias correction per distinct step count (usually one), shared by its tensors
+        correction2 = {step: (1 - beta2**step) ** 0.5 for step in set(steps)}
+        neg_step_size = {step: -(lr / (1 - beta1**step)) for step in set(steps)}
+        root = foreach_div(foreach_safe_sqrt(second_moment), [correction2[step] for step in steps])
+        denom = torch._foreach_add(root, foreach_scalar(eps, n))
         # params + (-step_size * exp_avg) / denom: the order of torch's addcdiv kernel
-        new_params = torch._foreach_add(params, torch._foreach_div(torch._foreach_mul(exp_avg, neg_step_size), denom))
+        scaled = foreach_mul(exp_avg, [neg_step_size[step] for step in steps])
+        new_params = torch._foreach_add(params, torch._foreach_div(scaled, denom))
         new_states = []
         for k, state in enumerate(states):
             new_state = {**state, "step": steps[k], "exp_avg": exp_avg[k], "exp_avg_sq": exp_avg_sq[k]}
