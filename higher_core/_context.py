@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ def innerloop_ctx(
     copy_initial_weights: bool = True,
     override: Override | None = None,
     track_higher_grads: bool = True,
+    **kwargs: Any,
 ) -> Iterator[tuple[PatchedModule, DifferentiableOptimizer]]:
     """A context manager for writing differentiable inner loops.
 
@@ -37,6 +39,8 @@ def innerloop_ctx(
         override: hyperparameters as ``{name: [value]}`` or one value per group;
             tensors receive gradients.
         track_higher_grads: if False, unroll without a graph ("test mode").
+        **kwargs: passed on to the differentiable optimizer (``grad_callback``, or a
+            plugin's own options).
 
     Yields:
         ``(fmodel, diffopt)``: the patched module and the differentiable optimizer.
@@ -57,5 +61,5 @@ def innerloop_ctx(
     fmodel = monkeypatch(model, device=device, copy_initial_weights=copy_initial_weights,
                          track_higher_grads=track_higher_grads)
     diffopt = diff_type(opt, model.parameters(), fmodel=fmodel, device=device, override=override,
-                        track_higher_grads=track_higher_grads)
+                        track_higher_grads=track_higher_grads, **kwargs)
     yield fmodel, diffopt

@@ -30,8 +30,20 @@ GradCallback = Callable[[list[torch.Tensor | None]], Iterable[torch.Tensor | Non
 
 
 def _to_device(value: Any, device: torch.device | str | None) -> Any:
+    """A detached copy of a state value on ``device``; lists and tuples of tensors too."""
     if isinstance(value, torch.Tensor):
         return value.detach().to(device=device, copy=True)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+def _detached(value: Any) -> Any:
+    """A state value cut from the graph; lists and tuples of tensors too."""
+    if isinstance(value, torch.Tensor):
+        return value.detach() if value.requires_grad else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(v) for v in value)
     return value
 
 
@@ -193,6 +205,8 @@ class DifferentiableOptimizer:
             for key, values in merged.items():
                 copy[key] = values[index]
             groups.append(copy)
+        if override:
+            self.check_param_groups(groups)
         return groups
 
     def step(
@@ -220,19 +234,7 @@ class DifferentiableOptimizer:
         """
         if kwargs:
             raise TypeError(f"step() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
-        if params is None:
-            if self._fmodel is None:
-                raise ValueError(
-                    "step() needs params= (the fast weights) because this optimizer was created "
-                    "without fmodel"
-                )
-            params = self._fmodel.fast_params
-        params = list(params)
-        if len(params) != self._num_params:
-            raise ValueError(
-                f"step() got {len(params)} parameters but the optimizer was built for "
-                f"{self._num_params}; pass every fast weight, in the order of reference_params"
-            )
+        params = self._fast_weights(params)
         if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
             raise ValueError(
                 "step(loss): the loss does not require grad, so it was not computed from the fast "
@@ -240,7 +242,17 @@ class DifferentiableOptimizer:
             )
         groups = self._groups_for_step(override)
         grads = self._gradients(loss, params, grad_callback or self._grad_callback)
+        return self._finish_step(params, self.update_groups(groups, params, grads))
 
+    def update_groups(
+        self, groups: list[dict[str, Any]], params: list[torch.Tensor], grads: list[torch.Tensor | None]
+    ) -> list[torch.Tensor]:
+        """One step for every param group: :meth:`update` on each group's parameters that have a gradient.
+
+        Override it for an optimizer whose statistics span groups (Prodigy's
+        global step size). Returns the new fast weights, in the order of
+        ``reference_params``; parameters without a gradient are returned as given.
+        """
         new_params = list(params)
         for number, group in enumerate(groups):
             indices = [i for i in group["params"] if grads[i] is not None]
@@ -257,7 +269,28 @@ class DifferentiableOptimizer:
             for i, p, s in zip(indices, updated, new_states):
                 new_params[i] = p
                 self.state[i] = s
+        return new_params
 
+    # -- pieces of a step, for subclasses whose step differs (LBFGS's closure) ----------------
+    def _fast_weights(self, params: Iterable[torch.Tensor] | None) -> list[torch.Tensor]:
+        """The fast weights a step starts from: ``params``, or the patched module's latest."""
+        if params is None:
+            if self._fmodel is None:
+                raise ValueError(
+                    "step() needs params= (the fast weights) because this optimizer was created "
+                    "without fmodel"
+                )
+            params = self._fmodel.fast_params
+        params = list(params)
+        if len(params) != self._num_params:
+            raise ValueError(
+                f"step() got {len(params)} parameters but the optimizer was built for "
+                f"{self._num_params}; pass every fast weight, in the order of reference_params"
+            )
+        return params
+
+    def _finish_step(self, params: list[torch.Tensor], new_params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Cut the graph in test mode, hand the new weights to the patched module, return them."""
         if not self._track_higher_grads:
             new_params = [
                 p.detach().requires_grad_(old.requires_grad) if p is not old else p
@@ -353,8 +386,7 @@ class DifferentiableOptimizer:
         """Detach every state tensor from the graph (used in test mode and for truncation)."""
         for state in self.state.values():
             for key, value in state.items():
-                if isinstance(value, torch.Tensor) and value.requires_grad:
-                    state[key] = value.detach()
+                state[key] = _detached(value)
 
     def truncate(self) -> None:
         """Cut the unrolled graph here (truncated back-propagation through the inner loop).
@@ -413,10 +445,8 @@ class DifferentiableOptimizer:
         for key, value in state.items():
             if key == "step" and not isinstance(value, torch.Tensor):
                 exported[key] = torch.tensor(float(value), dtype=scalar_dtype)
-            elif isinstance(value, torch.Tensor):
-                exported[key] = value.detach().to(device=param.device, copy=True)
             else:
-                exported[key] = value
+                exported[key] = _to_device(value, param.device)
         return exported
 
     def __repr__(self) -> str:

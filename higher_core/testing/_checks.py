@@ -258,10 +258,13 @@ def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 
     unrolled, leaves = _unrolled(info, row, problem, steps)
     opt, _ = _reference(info, row, problem)
     checked = []
-    for name in hyperparameters_of(info, resolve(info.reference)):
+    names = row.hyperparameters if row.hyperparameters is not None else hyperparameters_of(info, resolve(info.reference))
+    for name in names:
         value = opt.param_groups[0][name]
         values = value if isinstance(value, tuple) else (value,)
         for k in range(len(values)):
+            if values[k] is None:  # an entry that means "the default" (Adafactor's eps1)
+                continue
             def of_hyperparameter(h: torch.Tensor, name: str = name, k: int = k) -> torch.Tensor:
                 entries = list(values)
                 entries[k] = h

@@ -33,11 +33,17 @@ CHECKS = (
 
 @dataclass(frozen=True)
 class OptimizerInput:
-    """One option combination: constructor kwargs and the second group's own hyperparameters."""
+    """One option combination: constructor kwargs and the second group's own hyperparameters.
+
+    ``hyperparameters``, if given, replaces the table's list of hyperparameters
+    checked for hypergradients in this row (for a row where one is not smooth,
+    such as Prodigy's ``beta1=0``).
+    """
 
     kwargs: Mapping[str, Any]
     desc: str
     second_group: Mapping[str, Any] | None = None
+    hyperparameters: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -117,14 +117,7 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
                 "(torch.optim.LBFGS fails when it stores its first curvature pair)"
             )
 
-    def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State:
-        """Copy torch's global state: tensors and the tensors in the memory lists detached and cloned."""
-        return {key: _copied(value, device) for key, value in state.items()}
 
-    def detach_state(self) -> None:
-        for state in self.state.values():
-            for key, value in state.items():
-                state[key] = _detached(value)
 
     def export_state(self, opt: torch.optim.Optimizer) -> None:
         """Write the global state into ``opt`` under its first parameter, where ``torch.optim.LBFGS`` keeps it."""
@@ -139,9 +132,6 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
             first = opt.param_groups[0]["params"][0]
             opt.state[first] = self.export_param_state(self.state[owner], first)
 
-    def export_param_state(self, state: Mapping[str, Any], param: torch.Tensor) -> dict[str, Any]:
-        """The global state as torch keeps it: tensors, also in the memory lists, copied and detached."""
-        return {key: _copied(value, param.device) for key, value in state.items()}
 
     def step(  # type: ignore[override]
         self,
@@ -171,30 +161,10 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
                 f"{type(self).__name__}.step() takes a closure params -> loss (it re-evaluates the "
                 f"loss at new iterates), got {type(closure).__name__}"
             )
-        if params is None:
-            if self._fmodel is None:
-                raise ValueError(
-                    "step() needs params= (the fast weights) because this optimizer was created "
-                    "without fmodel"
-                )
-            params = self._fmodel.fast_params
-        params = list(params)
-        if len(params) != self._num_params:
-            raise ValueError(
-                f"step() got {len(params)} parameters but the optimizer was built for "
-                f"{self._num_params}; pass every fast weight, in the order of reference_params"
-            )
+        params = self._fast_weights(params)
         group = self._groups_for_step(override)[0]
         new_params = _Run(self, group, closure, grad_callback or self._grad_callback).run(params)
-        if not self._track_higher_grads:
-            new_params = [
-                p.detach().requires_grad_(old.requires_grad) if p is not old else p
-                for p, old in zip(new_params, params)
-            ]
-            self.detach_state()
-        if self._fmodel is not None:
-            self._fmodel.update_params(new_params)
-        return new_params
+        return self._finish_step(params, new_params)
 
 
 class _Run:

@@ -35,6 +35,13 @@ PRODIGY_INFO = OptimizerInfo(
                        second_group={"weight_decay": 0.0, "eps": 1e-4, "d0": 0.02,
                                      "safeguard_warmup": True, "slice_p": 3}),
         OptimizerInput({"d0": _D0, "weight_decay": 0.05}, "second-group-lr=0", second_group={"lr": 0.0}),
+        # beta1=0 switches prodigyopt to another update (no exp_avg; the gradient scaled by the
+        # new d), so the update jumps at beta1=0: no hypergradient in beta1 in these rows
+        OptimizerInput({"d0": _D0, "betas": (0.0, 0.99)}, "beta1=0", second_group={},
+                       hyperparameters=("lr", "eps", "weight_decay", "d_coef")),
+        OptimizerInput({"d0": _D0, "betas": (0.0, 0.9), "weight_decay": 0.1, "decouple": False, "slice_p": 2},
+                       "beta1=0+coupled_decay+slice_p", second_group={"eps": 1e-5},
+                       hyperparameters=("lr", "eps", "weight_decay", "d_coef")),
     ],
     error_inputs=[
         ErrorOptimizerInput({"d0": 0.0}, ValueError, "Invalid d0 value", "d0=0"),
@@ -48,20 +55,5 @@ PRODIGY_INFO = OptimizerInfo(
     # beta3 (None by default) and growth_rate (inf by default) are checked in tests/test_prodigy.py
     hyperparameters=("lr", "betas", "eps", "weight_decay", "d_coef"),
     gradcheck_warmup=3,  # from the 2nd step on, d moves: the unrolled steps differentiate through it
-    skips=_SKIPS,
-)
-
-# beta1=0 switches prodigyopt to another update (no exp_avg; the gradient scaled by the new d),
-# so the update jumps at beta1=0 and has no derivative in beta1 there: a table of its own,
-# with every check but the hypergradient in beta1.
-PRODIGY_BETA1_ZERO_INFO = OptimizerInfo(
-    reference=prodigyopt.Prodigy,
-    inputs=[
-        OptimizerInput({"d0": _D0, "betas": (0.0, 0.99)}, "beta1=0", second_group={}),
-        OptimizerInput({"d0": _D0, "betas": (0.0, 0.9), "weight_decay": 0.1, "decouple": False,
-                        "slice_p": 2}, "beta1=0+coupled_decay+slice_p", second_group={"eps": 1e-5}),
-    ],
-    hyperparameters=("lr", "eps", "weight_decay", "d_coef"),
-    gradcheck_warmup=3,
     skips=_SKIPS,
 )

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from higher_core.functional import add_scaled, addcdiv, addcmul, is_zero, safe_sqrt
-from higher_core.optim import DifferentiableOptimizer, GradCallback, State
+from higher_core.optim import DifferentiableOptimizer, State
 from higher_prodigy._scalars import Scalar, as_double, first_max, first_min, is_inf, sqrt, value
 
 __all__ = ["RUNNING_KEYS", "DifferentiableProdigy"]
@@ -125,60 +125,15 @@ class DifferentiableProdigy(DifferentiableOptimizer):
                     running[key] = v.detach()
 
     # -- the step ------------------------------------------------------------------------
-    def step(
-        self,
-        loss: torch.Tensor,
-        params: Iterable[torch.Tensor] | None = None,
-        override: Mapping[str, Any] | None = None,
-        grad_callback: GradCallback | None = None,
-        **kwargs: Any,
-    ) -> list[torch.Tensor]:
-        """Take one differentiable Prodigy step and return the new fast weights.
+    def update_groups(self, groups: list[dict[str, Any]], params: list[torch.Tensor],
+                      grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """``prodigyopt.Prodigy.step``, out of place: statistics over every group, then the update.
 
         Prodigy's step size is global (one estimate :math:`d` from every param
-        group), so one step updates all groups together; otherwise as
-        :meth:`higher_core.optim.DifferentiableOptimizer.step`.
+        group), so one step updates all groups together.
         """
-        if kwargs:
-            raise TypeError(f"step() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
-        if params is None:
-            if self._fmodel is None:
-                raise ValueError(
-                    "step() needs params= (the fast weights) because this optimizer was created "
-                    "without fmodel"
-                )
-            params = self._fmodel.fast_params
-        params = list(params)
-        if len(params) != self._num_params:
-            raise ValueError(
-                f"step() got {len(params)} parameters but the optimizer was built for "
-                f"{self._num_params}; pass every fast weight, in the order of reference_params"
-            )
         if any(p.is_complex() for p in params):
             raise ValueError(_COMPLEX_REFUSAL)
-        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-            raise ValueError(
-                "step(loss): the loss does not require grad, so it was not computed from the fast "
-                "weights (was it computed under torch.no_grad(), or from the original module?)"
-            )
-        groups = self._groups_for_step(override)
-        if override:
-            self.check_param_groups(groups)
-        grads = self._gradients(loss, params, grad_callback or self._grad_callback)
-        new_params = self._update_all(groups, params, grads)
-        if not self._track_higher_grads:
-            new_params = [
-                p.detach().requires_grad_(old.requires_grad) if p is not old else p
-                for p, old in zip(new_params, params)
-            ]
-            self.detach_state()
-        if self._fmodel is not None:
-            self._fmodel.update_params(new_params)
-        return new_params
-
-    def _update_all(self, groups: list[dict[str, Any]], params: list[torch.Tensor],
-                    grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
-        """``prodigyopt.Prodigy.step``, out of place: statistics over every group, then the update."""
         first, running = groups[0], self.group_state[0]
         beta1, beta2 = first["betas"]
         beta3 = first["beta3"] if first["beta3"] is not None else sqrt(beta2)

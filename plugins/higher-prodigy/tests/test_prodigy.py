@@ -17,10 +17,10 @@ from prodigyopt import Prodigy
 import higher_core
 from higher_core.testing import Problem, run_conformance
 from higher_prodigy import DifferentiableProdigy
-from higher_prodigy._conformance import PRODIGY_BETA1_ZERO_INFO, PRODIGY_INFO
+from higher_prodigy._conformance import PRODIGY_INFO
 
 SHAPES = ((3, 2), (2,), (2, 2))
-ROWS = [*PRODIGY_INFO.inputs, *PRODIGY_BETA1_ZERO_INFO.inputs]
+ROWS = list(PRODIGY_INFO.inputs)
 
 
 def _setup(kwargs, second_group=None, problem=None):
@@ -69,10 +69,9 @@ def test_docstring_example_runs():
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
 
 
-@pytest.mark.parametrize("info", [PRODIGY_INFO, PRODIGY_BETA1_ZERO_INFO], ids=["main", "beta1=0"])
-def test_conformance_kit(info):
-    result = run_conformance(info)
-    assert result["rows"] == len(info.inputs)
+def test_conformance_kit():
+    result = run_conformance(PRODIGY_INFO)
+    assert result["rows"] == len(PRODIGY_INFO.inputs)
 
 
 @pytest.mark.parametrize("warmup", [0, 3], ids=["from-start", "continued"])
