@@ -77,8 +77,9 @@ class DifferentiableOptimizer:
             before every step, e.g. for clipping.
         track_higher_grads: if False, the step is taken without a graph (test mode).
 
-    Subclasses set :attr:`tensor_hyperparameters` and implement :meth:`update`
-    (and :meth:`init_state` when the optimizer keeps state).
+    Subclasses set :attr:`tensor_hyperparameters` and implement :meth:`update_one`
+    (one parameter) or :meth:`update` (a whole group, e.g. with ``torch._foreach_*``
+    kernels), and :meth:`init_state` when the optimizer keeps state.
 
     Example:
         >>> import torch, higher_core
@@ -169,8 +170,22 @@ class DifferentiableOptimizer:
 
         Returns:
             The new parameters and the new states, in the same order.
+
+        The default applies :meth:`update_one` to each parameter in turn; a
+        multi-tensor (``torch._foreach_*``) rule overrides this method instead.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement update()")
+        new_params, new_states = [], []
+        for param, grad, state in zip(params, grads, states):
+            new_param, new_state = self.update_one(group, param, grad, state)
+            new_params.append(new_param)
+            new_states.append(new_state)
+        return new_params, new_states
+
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        """One step for one parameter, out of place: ``(new_param, new_state)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement update() or update_one()")
 
     def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State | None:
         """Copy one parameter's ``torch.optim`` state: tensors detached and cloned, ``step`` as a number.

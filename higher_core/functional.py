@@ -8,14 +8,17 @@ receive gradients). These helpers pick the matching operation for either.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
-from typing import Union
+from collections.abc import Callable, Mapping
+from typing import Any, Union
 
 import torch
 
 __all__ = [
     "Scalar",
     "add_scaled",
+    "add_scaled_exact",
+    "regularized_gradient",
+    "with_derivatives_of",
     "addcdiv",
     "addcmul",
     "foreach_div",
@@ -39,6 +42,53 @@ def add_scaled(x: torch.Tensor, y: torch.Tensor, alpha: Scalar) -> torch.Tensor:
     if isinstance(alpha, torch.Tensor):
         return x + alpha * y
     return torch.add(x, y, alpha=alpha)
+
+
+def add_scaled_exact(x: torch.Tensor, y: torch.Tensor, alpha: Scalar) -> torch.Tensor:
+    r""":math:`x + \alpha y` with the numbers of ``torch.add(x, y, alpha=)`` also for a 0-d tensor :math:`\alpha`.
+
+    ``torch.add`` takes ``alpha`` as a number (and may fuse the multiply-add);
+    where ``torch.optim`` reads a tensor hyperparameter that way, this matches
+    it bit for bit, and a tensor :math:`\alpha` that requires grad still receives
+    its gradient through a term that is exactly zero in the forward pass. (It
+    reads the tensor's value, a device synchronisation on CUDA.)
+    """
+    if not isinstance(alpha, torch.Tensor):
+        return torch.add(x, y, alpha=alpha)
+    out = torch.add(x, y, alpha=alpha.item())
+    if alpha.requires_grad:
+        out = out + (alpha - alpha.detach()) * y
+    return out
+
+
+def with_derivatives_of(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """``value`` in the forward pass, the derivatives (every order) of ``surrogate`` in the backward.
+
+    For keeping ``torch.optim``'s forward numbers bit for bit where it computes
+    something (``torch.norm``, a ``.item()``) whose derivatives are undefined or
+    ``nan`` at zero: ``surrogate`` must be the same function written another,
+    well-behaved way. The forward result is ``value + 0`` exactly.
+
+    Example:
+        >>> import torch
+        >>> x = torch.zeros(3, requires_grad=True)
+        >>> y = with_derivatives_of(x.norm(), (x * x).sum())
+        >>> torch.autograd.grad(y, x)[0]
+        tensor([0., 0., 0.])
+    """
+    return value.detach() + (surrogate - surrogate.detach())
+
+
+def regularized_gradient(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    r"""The gradient as most ``torch.optim`` rules start: negated for ``maximize``, plus L2 weight decay.
+
+    .. math:: g \leftarrow \pm g + \lambda\theta
+    """
+    if group.get("maximize", False):
+        grad = -grad
+    if not is_zero(group.get("weight_decay", 0)):
+        grad = add_scaled(grad, param, group["weight_decay"])
+    return grad
 
 
 def addcmul(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, value: Scalar) -> torch.Tensor:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from higher_adadelta import DifferentiableAdadelta
 
 import higher_core
-from higher_adadelta import DifferentiableAdadelta
 from higher_core.testing import Problem
 
 
@@ -49,6 +49,7 @@ def test_default_eps_rows():
     from dataclasses import replace
 
     from higher_adadelta._conformance import ADADELTA_INFO
+
     from higher_core.testing import CHECKS, OptimizerInput, run_conformance
 
     rows = [OptimizerInput({}, "all defaults"), OptimizerInput({"rho": 0.5, "weight_decay": 0.1}, "rho+decay")]

@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from higher_adafactor._exact import add_scaled, with_derivatives_of
-from higher_core.functional import Scalar, is_zero
+from higher_core.functional import Scalar, add_scaled_exact, is_zero, with_derivatives_of
 from higher_core.optim import DifferentiableOptimizer, State
 
 
@@ -134,6 +133,6 @@ class DifferentiableAdafactor(DifferentiableOptimizer):
                 estimate = torch.lerp(state["variance"], grad * grad, one_minus_beta2)
                 new_state["variance"] = estimate
             update = estimate.clamp(min=eps1 * eps1).rsqrt() * grad
-            new_params.append(add_scaled(param, update, _clipped_scale(alpha, update, d)))
+            new_params.append(add_scaled_exact(param, update, _clipped_scale(alpha, update, d)))
             new_states.append(new_state)
         return new_params, new_states

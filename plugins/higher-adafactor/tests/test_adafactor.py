@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from higher_adafactor import DifferentiableAdafactor
 
 import higher_core
-from higher_adafactor import DifferentiableAdafactor
 from higher_core.testing import Problem
 
 SHAPES = ((3, 2), (2,), (2, 2, 3))

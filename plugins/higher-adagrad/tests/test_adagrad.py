@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from higher_adagrad import DifferentiableAdagrad
 
 import higher_core
-from higher_adagrad import DifferentiableAdagrad
 from higher_core.testing import Problem
 
 

@@ -75,23 +75,9 @@ class DifferentiableASGD(DifferentiableOptimizer):
             "ax": torch.zeros_like(param, memory_format=torch.preserve_format),
         }
 
-    def update(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            new_param, new_state = self._update_one(group, param, grad, state)
-            new_params.append(new_param)
-            new_states.append(new_state)
-        return new_params, new_states
-
-    @staticmethod
-    def _update_one(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
-                    state: State) -> tuple[torch.Tensor, State]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         lr, lambd, alpha, t0 = group["lr"], group["lambd"], group["alpha"], group["t0"]
         weight_decay = group["weight_decay"]
         if group.get("maximize", False):

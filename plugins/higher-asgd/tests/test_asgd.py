@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from higher_asgd import DifferentiableASGD
 
 import higher_core
-from higher_asgd import DifferentiableASGD
 from higher_core.testing import Problem
 
 SHAPES = ((3, 2), (2,), (2, 2))

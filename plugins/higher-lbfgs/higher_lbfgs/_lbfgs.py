@@ -7,8 +7,8 @@ from typing import Any, Union
 
 import torch
 
+from higher_core.functional import add_scaled_exact
 from higher_core.optim import DifferentiableOptimizer, GradCallback, State
-from higher_lbfgs._exact import add_scaled
 from higher_lbfgs._line_search import strong_wolfe
 
 Closure = Callable[[list[torch.Tensor]], torch.Tensor]
@@ -51,11 +51,11 @@ def _two_loop(
     q = flat_grad.neg()
     for i in reversed(range(len(old_dirs))):
         al[i] = old_stps[i].dot(q) * ro[i]
-        q = add_scaled(q, old_dirs[i], -al[i])
+        q = add_scaled_exact(q, old_dirs[i], -al[i])
     r = torch.mul(q, h_diag)
     for i in range(len(old_dirs)):
         be_i = old_dirs[i].dot(r) * ro[i]
-        r = add_scaled(r, old_stps[i], al[i] - be_i)
+        r = add_scaled_exact(r, old_stps[i], al[i] - be_i)
     return r
 
 
@@ -210,7 +210,7 @@ class _Run:
             real = _real(base[i])
             numel = real.numel()
             if i in self.active:
-                moved = add_scaled(real, d[offset:offset + numel].view_as(real), t)
+                moved = add_scaled_exact(real, d[offset:offset + numel].view_as(real), t)
                 new[i] = torch.view_as_complex(moved) if base[i].is_complex() else moved
             offset += numel
         return new

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from higher_lbfgs import DifferentiableLBFGS
+from higher_lbfgs._line_search import strong_wolfe
 from torch.optim.lbfgs import _strong_wolfe
 
 import higher_core
+from higher_core.functional import add_scaled_exact as add_scaled
 from higher_core.testing import Problem
-from higher_lbfgs import DifferentiableLBFGS
-from higher_lbfgs._exact import add_scaled
-from higher_lbfgs._line_search import strong_wolfe
 
 SHAPES = ((3, 2), (2,), (2, 2))
 

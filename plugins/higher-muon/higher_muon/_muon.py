@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import safe_sqrt
+from higher_core.functional import add_scaled_exact, safe_sqrt, with_derivatives_of
 from higher_core.optim import DifferentiableOptimizer, State
-from higher_muon._exact import add_scaled, with_derivatives_of
 
 #: torch.optim.Muon refuses this many Newton–Schulz steps (at its first step)
 _MAX_NS_STEPS = 100
@@ -152,6 +151,6 @@ class DifferentiableMuon(DifferentiableOptimizer):
             ortho = self._orthogonalize(update, group)
             adjusted_lr = lr * _lr_ratio(group["adjust_lr_fn"], param.shape)
             param = param * (1 - lr * weight_decay)
-            new_params.append(add_scaled(param, ortho, -adjusted_lr))
+            new_params.append(add_scaled_exact(param, ortho, -adjusted_lr))
             new_states.append({**state, "momentum_buffer": buf})
         return new_params, new_states

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from higher_muon import DifferentiableMuon
+from higher_muon._muon import newton_schulz
 
 import higher_core
 from higher_core.testing import Problem
-from higher_muon import DifferentiableMuon
-from higher_muon._muon import newton_schulz
 
 SHAPES = ((3, 2), (2, 3), (2, 2))
 OPTIONS = [

@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled, addcdiv, addcmul, is_zero, safe_sqrt
+from higher_core.functional import add_scaled, addcdiv, addcmul, regularized_gradient, safe_sqrt
 from higher_core.optim import DifferentiableOptimizer, State
-
 
 
 def _uses_momentum(momentum: Any) -> bool:
@@ -65,33 +64,10 @@ class DifferentiableRMSprop(DifferentiableOptimizer):
             state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
 
-    def update(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            grad = self._gradient(group, param, grad)
-            new_param, new_state = self._update_one(group, param, grad, state)
-            new_params.append(new_param)
-            new_states.append(new_state)
-        return new_params, new_states
-
-    @staticmethod
-    def _gradient(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient with ``maximize`` and weight decay applied."""
-        if group.get("maximize", False):
-            grad = -grad
-        if not is_zero(group["weight_decay"]):
-            grad = add_scaled(grad, param, group["weight_decay"])
-        return grad
-
-    @staticmethod
-    def _update_one(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
-                    state: State) -> tuple[torch.Tensor, State]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        grad = regularized_gradient(group, param, grad)
         lr, alpha, eps, momentum = group["lr"], group["alpha"], group["eps"], group["momentum"]
         square_avg = addcmul(state["square_avg"] * alpha, grad, grad, 1 - alpha)
         new_state = {**state, "step": state["step"] + 1, "square_avg": square_avg}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from higher_rmsprop import DifferentiableRMSprop
 
 import higher_core
 from higher_core.testing import Problem
-from higher_rmsprop import DifferentiableRMSprop
 
 
 def _unroll(diffopt, problem, steps):

@@ -11,7 +11,6 @@ from higher_core.functional import Scalar, addcmul
 from higher_core.optim import DifferentiableOptimizer, State
 
 
-
 def _clamp(x: torch.Tensor, low: Scalar, high: Scalar) -> torch.Tensor:
     """``torch.clamp`` with number bounds, or tensor bounds when either is a tensor (an override)."""
     if isinstance(low, torch.Tensor) or isinstance(high, torch.Tensor):
@@ -71,23 +70,9 @@ class DifferentiableRprop(DifferentiableOptimizer):
             "step_size": step_size,
         }
 
-    def update(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            new_param, new_state = self._update_one(group, param, grad, state)
-            new_params.append(new_param)
-            new_states.append(new_state)
-        return new_params, new_states
-
-    @staticmethod
-    def _update_one(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
-                    state: State) -> tuple[torch.Tensor, State]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         etaminus, etaplus = group["etas"]
         step_size_min, step_size_max = group["step_sizes"]
         if group.get("maximize", False):

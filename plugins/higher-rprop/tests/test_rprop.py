@@ -8,10 +8,10 @@ identity path, and hypergradients only through the step sizes.
 from __future__ import annotations
 
 import torch
+from higher_rprop import DifferentiableRprop
 
 import higher_core
 from higher_core.testing import Problem
-from higher_rprop import DifferentiableRprop
 
 SHAPES = ((3, 2), (2,), (2, 2))
 
