@@ -108,11 +108,14 @@ def addcdiv(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, value: Scalar) ->
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     r""":math:`\sqrt{x}` whose derivative at :math:`x = 0` is 0 instead of :math:`\infty`.
 
-    The forward values equal ``torch.sqrt`` exactly. Where a gradient entry is
-    exactly zero (a dead ReLU unit), ``torch.sqrt``'s backward gives
-    :math:`\infty \cdot 0 = \mathrm{nan}` in the meta-gradient; here the
-    derivative at 0 is taken as 0 (the subgradient of :math:`|g| = \sqrt{g^2}`),
-    at every order of differentiation.
+    The forward values equal ``torch.sqrt`` exactly for :math:`x > 0` (and are 0
+    for :math:`x \le 0`). Where a gradient entry is exactly zero (a dead ReLU
+    unit), ``torch.sqrt``'s backward gives :math:`\infty \cdot 0 = \mathrm{nan}`
+    in the meta-gradient; here the derivative at 0 is taken as 0 (the
+    subgradient of :math:`|g| = \sqrt{g^2}`), at every order of differentiation.
+    It computes :math:`\sqrt{x + s}\,m` with a mask :math:`m = [x > 0]` and a
+    shift :math:`s` (0 where :math:`x > 0`, else :math:`1 - x`) made outside
+    autograd, so the graph holds three cheap nodes.
 
     Example:
         >>> import torch
@@ -120,17 +123,20 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
         >>> torch.autograd.grad(safe_sqrt(x).sum(), x)[0]
         tensor([0.0000, 0.2500])
     """
-    positive = x > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+    with torch.no_grad():
+        positive = x > 0
+        mask = positive.to(x.dtype)
+        shift = torch.where(positive, 0.0, 1.0 - x)
+    return torch.sqrt(x + shift) * mask
 
 
 def foreach_safe_sqrt(xs: list[torch.Tensor]) -> list[torch.Tensor]:
     r""":func:`safe_sqrt` of every tensor of a list, with ``torch._foreach_*`` kernels.
 
     For non-negative inputs (sums of squares, such as Adam's second moments)
-    only. Computes :math:`\sqrt{x + (1 - \operatorname{sign} x)}\,\operatorname{sign} x`:
-    exactly ``torch.sqrt(x)`` for :math:`x > 0` and 0 at 0, where the derivative
-    is 0 at every order (``sign`` has derivative 0).
+    only. Computes :math:`\sqrt{x + (1 - \operatorname{sign} x)}\,\operatorname{sign} x`
+    with the sign taken outside autograd: exactly ``torch.sqrt(x)`` for
+    :math:`x > 0`, and 0 at 0, where the derivative is 0 at every order.
 
     Example:
         >>> import torch
@@ -138,9 +144,10 @@ def foreach_safe_sqrt(xs: list[torch.Tensor]) -> list[torch.Tensor]:
         >>> torch.autograd.grad(foreach_safe_sqrt(xs)[0].sum(), xs)[0]
         tensor([0.0000, 0.2500])
     """
-    signs = torch._foreach_sign(xs)
-    shifted = torch._foreach_add(xs, torch._foreach_add(torch._foreach_neg(signs), 1))
-    return torch._foreach_mul(torch._foreach_sqrt(shifted), signs)
+    with torch.no_grad():
+        signs = torch._foreach_sign(xs)
+        shift = torch._foreach_add(torch._foreach_neg(signs), 1)
+    return torch._foreach_mul(torch._foreach_sqrt(torch._foreach_add(xs, shift)), signs)
 
 
 def foreach_scalar(value: Scalar, count: int) -> float | list[torch.Tensor]:
