@@ -79,7 +79,7 @@ def evaluate(net: nn.Module, tasks: tuple[torch.Tensor, ...], steps: tuple[int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--iterations", type=int, default=2500)
     parser.add_argument("--meta-batch", type=int, default=10)
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--test-tasks", type=int, default=200)
