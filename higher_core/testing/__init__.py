@@ -3,11 +3,11 @@
 A plugin declares an :class:`OptimizerInfo` per optimizer (its option
 combinations and bad inputs) and returns it from the ``higher_core_conformance``
 hook. :func:`run_conformance` (or the per-check functions) checks every row
-against the reference class: parity over 10 steps on parameters and state,
-``gradcheck``/``gradgradcheck`` through two unrolled steps, hypergradients for
-every tensor hyperparameter, finite meta-gradients with exact zeros, continuing
-from a reference that already stepped, frozen and unused parameters, and every
-bad input.
+against the reference class: parity over 10 steps on parameters and state (in
+float64, with complex parameters, and in float32), ``gradcheck``/``gradgradcheck``
+through two unrolled steps, hypergradients for every tensor hyperparameter,
+finite meta-gradients with exact zeros, continuing from a reference that already
+stepped, frozen and unused parameters, and every bad input.
 
 Example:
     >>> import torch
@@ -29,6 +29,7 @@ from higher_core.testing._checks import (
     check_continue_from_reference,
     check_error_input,
     check_finite_meta_gradients,
+    check_float32,
     check_frozen_and_unused,
     check_gradcheck,
     check_hypergradients,
@@ -56,6 +57,7 @@ __all__ = [
     "check_continue_from_reference",
     "check_error_input",
     "check_finite_meta_gradients",
+    "check_float32",
     "check_frozen_and_unused",
     "check_gradcheck",
     "check_hypergradients",

@@ -1,11 +1,12 @@
 """The checks of the conformance suite, one function per check.
 
 Each takes an :class:`~higher_core.testing.OptimizerInfo` and one of its
-:class:`~higher_core.testing.OptimizerInput` rows, builds a small float64
-problem with two param groups, runs the reference optimizer and the registered
-differentiable optimizer side by side, and raises ``AssertionError`` on the
-first mismatch. Each also takes an optional ``device`` (default: the CPU) on
-which the problem, the reference and the differentiable optimizer run.
+:class:`~higher_core.testing.OptimizerInput` rows, builds a small problem with
+two param groups (float64 but in ``check_complex`` and ``check_float32``), runs
+the reference optimizer and the registered differentiable optimizer side by
+side, and raises ``AssertionError`` on the first mismatch. Each also takes an
+optional ``device`` (default: the CPU) on which the problem, the reference and
+the differentiable optimizer run.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "check_frozen_and_unused",
     "NotApplicable",
     "check_complex",
+    "check_float32",
     "check_error_input",
     "check_implementation_flags",
     "CHECK_FUNCTIONS",
@@ -41,19 +43,27 @@ class Problem:
 
     The loss has ReLU units that are dead for part of the data, so some
     gradient entries are exactly zero. With ``dtype=torch.complex128`` the
-    parameters are complex and the loss real. With ``device``, the numbers
-    (drawn on the CPU, so the same on every device) are moved there.
+    parameters are complex and the loss real. Another ``dtype`` (``float32``)
+    casts the float64 (or complex128) numbers, so every precision solves the same
+    problem; the loss is computed in the parameters' real dtype. With ``device``,
+    the numbers (drawn on the CPU, so the same on every device) are moved there.
     """
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], seed: int = 0,
                  dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> None:
         g = torch.Generator().manual_seed(seed)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.initial = [torch.randn(*s, generator=g, dtype=dtype).to(self.device) for s in shapes]
-        self.data = [torch.randn(*s, generator=g, dtype=dtype).to(self.device) for s in shapes]
+        drawn = torch.complex128 if dtype.is_complex else torch.float64
+
+        def draw(shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randn(*shape, generator=g, dtype=drawn).to(device=self.device, dtype=dtype)
+
+        self.initial = [draw(s) for s in shapes]
+        self.data = [draw(s) for s in shapes]
+        self.loss_dtype = dtype.to_real()
 
     def loss(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        total = torch.zeros((), dtype=self.loss_dtype, device=self.device)
         for p, d in zip(params, self.data):
             z = p * d
             if z.is_complex():
@@ -131,7 +141,9 @@ def _compare(name: str, ours: Any, theirs: Any, rtol: float, atol: float) -> Non
 
 def _assert_same_trajectory(info: OptimizerInfo, row: OptimizerInput, warmup: int,
                             dtype: torch.dtype = torch.float64,
-                            device: torch.device | str | None = None) -> None:
+                            device: torch.device | str | None = None,
+                            tolerances: tuple[float, float] | None = None) -> None:
+    rtol, atol = tolerances if tolerances is not None else (info.rtol, info.atol)
     problem = Problem(info.shapes, dtype=dtype, device=device)
     opt, ref_params = _reference(info, row, problem, warmup)
     fast = [p.detach().clone().requires_grad_() for p in ref_params]
@@ -141,11 +153,11 @@ def _assert_same_trajectory(info: OptimizerInfo, row: OptimizerInput, warmup: in
         _reference_step(opt, ref_params, problem)
         for i, (ours, theirs) in enumerate(zip(fast, ref_params)):
             where = f"{info.name}[{row.desc}] step {step}, param {i}"
-            _compare(where, ours, theirs, info.rtol, info.atol)
+            _compare(where, ours, theirs, rtol, atol)
             ref_state = opt.state[theirs]
             for key, value in ref_state.items():
                 assert key in diffopt.state.get(i, {}), f"{where}: state {key!r} missing"
-                _compare(f"{where}, state {key!r}", diffopt.state[i][key], value, info.rtol, info.atol)
+                _compare(f"{where}, state {key!r}", diffopt.state[i][key], value, rtol, atol)
 
 
 def check_parity(info: OptimizerInfo, row: OptimizerInput, device: torch.device | str | None = None) -> None:
@@ -168,6 +180,13 @@ def check_complex(info: OptimizerInfo, row: OptimizerInput, device: torch.device
     if row.kwargs.get("fused"):
         raise NotApplicable("torch's fused kernels do not take complex parameters")
     _assert_same_trajectory(info, row, warmup=0, dtype=torch.complex128, device=device)
+
+
+def check_float32(info: OptimizerInfo, row: OptimizerInput, device: torch.device | str | None = None) -> None:
+    """With float32 parameters (the parity problem, cast), parameters and state equal the
+    reference's, at ``info.rtol32`` and ``info.atol32``, with the reference's dtypes."""
+    _assert_same_trajectory(info, row, warmup=0, dtype=torch.float32, device=device,
+                            tolerances=(info.rtol32, info.atol32))
 
 
 #: flags that only choose an implementation in torch.optim
@@ -350,4 +369,5 @@ CHECK_FUNCTIONS: dict[str, Callable[[OptimizerInfo, OptimizerInput], Any]] = {
     "continue_from_reference": check_continue_from_reference,
     "frozen_and_unused": check_frozen_and_unused,
     "complex": check_complex,
+    "float32": check_float32,
 }

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled, addcmul, regularized_gradient, safe_sqrt
+from higher_core.functional import add_scaled_exact, addcmul, regularized_gradient, safe_sqrt
 from higher_core.optim import DifferentiableOptimizer, State
 
 
@@ -57,4 +57,4 @@ class DifferentiableAdadelta(DifferentiableOptimizer):
         delta = safe_sqrt(state["acc_delta"] + eps) / std * grad
         acc_delta = addcmul(state["acc_delta"] * rho, delta, delta, 1 - rho)
         new_state = {**state, "step": state["step"] + 1, "square_avg": square_avg, "acc_delta": acc_delta}
-        return add_scaled(param, delta, -lr), new_state
+        return add_scaled_exact(param, delta, -lr), new_state  # torch reads a tensor lr as a number

@@ -28,7 +28,7 @@ ADADELTA_INFO = OptimizerInfo(
         ),
         OptimizerInput({"lr": 1.0, "rho": 0.8, "eps": EPS, "foreach": True}, "foreach"),
         OptimizerInput({"lr": 1.0, "eps": EPS, "differentiable": True}, "differentiable-flag"),
-        OptimizerInput({"lr": torch.tensor(1.0), "eps": EPS}, "tensor-lr"),
+        OptimizerInput({"lr": torch.tensor(0.7), "eps": EPS}, "tensor-lr"),
     ],
     error_inputs=[
         ErrorOptimizerInput({"lr": -1.0}, ValueError, "Invalid learning rate", "negative lr"),

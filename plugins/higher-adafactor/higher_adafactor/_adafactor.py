@@ -21,14 +21,27 @@ def _mean_square(grad: torch.Tensor, dim: int) -> torch.Tensor:
     return with_derivatives_of(value, (grad * grad).mean(dim=dim, keepdim=True))
 
 
+def _as_double(x: torch.Tensor) -> torch.Tensor:
+    """A 0-d statistic in float64, as ``.item()`` gives it to torch, kept in the graph (MPS has no float64)."""
+    if x.dtype == torch.float64 or x.device.type == "mps":
+        return x
+    return x.to(torch.float64)
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    """``x.norm(2)``, in float64: torch reads it with ``.item()`` and goes on in double precision."""
+    return _as_double(x.norm(2))
+
+
 def _rms(x: torch.Tensor) -> torch.Tensor:
-    return x.norm(2) / (x.numel() ** 0.5)
+    return _norm(x) / (x.numel() ** 0.5)
 
 
 def _step_size(param: torch.Tensor, lr: Scalar, eps2: Scalar, step: float) -> Scalar:
     r""":math:`\alpha_t = \max(\epsilon_2, \mathrm{RMS}(\theta))\min(\gamma, 1/\sqrt t)`, in torch's dtypes.
 
-    torch reads the RMS as a number, so with a float32 tensor ``lr`` the product is float32.
+    torch reads the RMS as a number (double precision), so with a float32 tensor
+    ``lr`` the product is float32.
     """
     rho = min(lr, 1 / (step**0.5))
     scale = max(eps2, _rms(param))
@@ -39,7 +52,7 @@ def _step_size(param: torch.Tensor, lr: Scalar, eps2: Scalar, step: float) -> Sc
 
 def _clipped_scale(alpha: Scalar, update: torch.Tensor, d: Scalar) -> Scalar:
     r""":math:`-\alpha / \max(1, \mathrm{RMS}(U)/d)`, with torch's numbers (it divides by a number)."""
-    clip = max(1.0, update.norm(2) / ((update.numel() ** 0.5) * d))
+    clip = max(1.0, _norm(update) / ((update.numel() ** 0.5) * d))
     if isinstance(clip, torch.Tensor):
         if isinstance(alpha, torch.Tensor):
             clip = clip.to(alpha.dtype)

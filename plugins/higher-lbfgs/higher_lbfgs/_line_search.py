@@ -6,6 +6,13 @@ numbers that flow into the chosen step length (losses, directional
 derivatives, cubic-interpolation minimisers, bracket safeguards) are tensors
 that keep their graph, so the step length, and the loss and gradient returned
 with it, are differentiable functions of the point the search starts from.
+
+torch holds the losses as Python numbers (``float(loss)``). Here a loss is a
+float64 tensor standing for that number (:func:`as_number`): between losses the
+arithmetic is in double precision, as Python's, and where a loss meets a tensor
+it is first cast to the tensor's dtype (:func:`meets`), as torch casts a Python
+number. So the numbers and branches are torch's with float32 parameters too,
+whether the loss is float32 or float64.
 """
 
 from __future__ import annotations
@@ -17,9 +24,30 @@ import torch
 
 from higher_core.functional import safe_sqrt
 
-__all__ = ["Trial", "cubic_minimizer", "strong_wolfe"]
+__all__ = ["Trial", "as_number", "cubic_minimizer", "meets", "strong_wolfe"]
 
 Number = Union[int, float, torch.Tensor]
+
+
+def as_number(loss: torch.Tensor) -> torch.Tensor:
+    """A loss as torch's LBFGS holds it, ``float(loss)``: its value in float64, still in the graph.
+
+    (MPS has no float64: there the loss keeps its dtype.)
+    """
+    if loss.dtype == torch.float64 or loss.device.type == "mps":
+        return loss
+    return loss.to(torch.float64)
+
+
+def meets(number: Number, tensor: Number) -> Number:
+    """``number`` (a Python number, or a loss from :func:`as_number`) as torch combines it with ``tensor``.
+
+    A Python number meeting a tensor is cast to the tensor's dtype first, so a
+    float64 loss meeting a float32 tensor is cast to float32.
+    """
+    if isinstance(number, torch.Tensor) and isinstance(tensor, torch.Tensor) and number.dtype != tensor.dtype:
+        return number.to(tensor.dtype)
+    return number
 
 
 class Trial(NamedTuple):
@@ -43,10 +71,15 @@ def cubic_minimizer(
     if bounds is None:
         bounds = (x1, x2) if x1 <= x2 else (x2, x1)
     low, high = bounds
-    # torch holds the losses as Python numbers: a number over a tensor is a reciprocal times the number
+    # torch holds the losses as Python numbers: a number over a tensor is the tensor's reciprocal
+    # times the number (Tensor.__rtruediv__), a tensor; a number over a number is a number
     span = x1 - x2
     rise = 3 * (f1 - f2)
-    d1 = g1 + g2 - (span.reciprocal() * rise if isinstance(span, torch.Tensor) else rise / span)
+    slopes = g1 + g2
+    if isinstance(span, torch.Tensor):
+        d1 = slopes - span.reciprocal() * meets(rise, span)
+    else:
+        d1 = slopes - meets(rise / span, slopes)
     discriminant = d1**2 - g1 * g2
     if not discriminant >= 0:
         return (low + high) / 2.0
@@ -81,23 +114,27 @@ def strong_wolfe(
         t: the first step length to try.
         d: the search direction.
         f, g, gtd: the loss, flat gradient and slope ``g . d`` at ``t = 0``.
+            Losses, ``f`` and those ``evaluate`` returns, are taken as Python
+            numbers (:func:`as_number`).
         c1, c2: the sufficient-decrease and curvature constants.
         tolerance_change: stop when the bracket is this small (times ``max |d|``).
         max_ls: the most evaluations after the first one.
 
     Returns:
-        The loss, the flat gradient and the step length chosen, and the number of
-        evaluations.
+        The loss (as :func:`as_number` gives it), the flat gradient and the step
+        length chosen, and the number of evaluations.
     """
     d_norm = d.abs().max()
+    f = as_number(f)
     start = Trial(0, f, g, gtd)
 
     def trial(step: Number) -> Trial:
         loss, grad = evaluate(step)
-        return Trial(step, loss, grad, grad.dot(d))
+        return Trial(step, as_number(loss), grad, grad.dot(d))
 
     def armijo_fails(point: Trial) -> bool:
-        return bool(point.f > (f + c1 * point.t * gtd))
+        decrease = c1 * point.t * gtd  # a tensor: the losses meet it in its dtype
+        return bool(meets(point.f, decrease) > (meets(f, decrease) + decrease))
 
     def curvature(point: Trial) -> bool:
         return bool(abs(point.gtd) <= -c2 * gtd)

@@ -15,10 +15,17 @@ from higher_core.testing import Problem
 SHAPES = ((3, 2), (2,), (2, 2))
 
 
-def _rugged(seed: int, n: int = 4):
+#: (parameter dtype, loss dtype): torch reads the loss as a Python number, so a float32 loss, and a
+#: float64 loss of float32 parameters, must both give torch's float32 numbers
+DTYPES = [(torch.float64, torch.float64), (torch.float32, torch.float32), (torch.float32, torch.float64)]
+DTYPE_IDS = ["float64", "float32", "float32-params-float64-loss"]
+
+
+def _rugged(seed: int, n: int = 4, dtype: torch.dtype = torch.float64, loss_dtype: torch.dtype = torch.float64):
     g = torch.Generator().manual_seed(seed)
-    a, w, b, c = (torch.rand(n, generator=g, dtype=torch.float64) * s for s in (3.0, 4.0, 0.5, 0.05))
-    x0 = torch.randn(n, generator=g, dtype=torch.float64) * 2
+    a, w, b, c = (torch.rand(n, generator=g, dtype=torch.float64).mul(s).to(loss_dtype)
+                  for s in (3.0, 4.0, 0.5, 0.05))
+    x0 = (torch.randn(n, generator=g, dtype=torch.float64) * 2).to(dtype)
 
     def f(x):
         return (a * torch.sin(w * x) + b * x * x + c * x**4).sum()
@@ -53,8 +60,11 @@ def _assert_same_state(ours, theirs):
         else:
             pairs = [(mine, value)]
         for a, b in pairs:
-            if isinstance(b, torch.Tensor) or isinstance(a, torch.Tensor):
-                assert torch.equal(torch.as_tensor(a).detach(), torch.as_tensor(b).to(torch.float64)), key
+            if isinstance(b, torch.Tensor):
+                assert isinstance(a, torch.Tensor) and a.dtype == b.dtype, (key, a, b)
+                assert torch.equal(a.detach(), b), key
+            elif isinstance(a, torch.Tensor):
+                assert a.item() == b, key
             else:
                 assert a == b, key
 
@@ -66,12 +76,13 @@ def test_entry_point_discovered():
     assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableLBFGS
 
 
+@pytest.mark.parametrize(("dtype", "loss_dtype"), DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize(("max_ls", "tolerance_change"), [(25, 1e-9), (3, 1e-9), (25, 1.0)])
-def test_strong_wolfe_takes_torch_branches_and_numbers(max_ls, tolerance_change):
+def test_strong_wolfe_takes_torch_branches_and_numbers(max_ls, tolerance_change, dtype, loss_dtype):
     # rugged 1-D slices, first steps from tiny to huge: bracketing, extrapolation, zoom,
     # swapped brackets, complex cubic roots, the evaluation budget and the bracket tolerance
     for seed in range(30):
-        f, x0 = _rugged(seed)
+        f, x0 = _rugged(seed, dtype=dtype, loss_dtype=loss_dtype)
         fx, gx = _value_and_grad(f, x0)
         d = -gx
         gtd = gx.dot(d)
@@ -88,6 +99,7 @@ def test_strong_wolfe_takes_torch_branches_and_numbers(max_ls, tolerance_change)
             ours = strong_wolfe(along, t0, d, fx, gx, gtd, max_ls=max_ls, tolerance_change=tolerance_change)
             assert float(ours[0]) == theirs[0] and torch.equal(ours[1], theirs[1])
             assert float(ours[2]) == float(theirs[2]) and ours[3] == theirs[3], (seed, t0)
+            assert not isinstance(theirs[2], torch.Tensor) or ours[2].dtype == theirs[2].dtype, (seed, t0)
 
 
 @pytest.mark.parametrize(
@@ -99,8 +111,9 @@ def test_strong_wolfe_takes_torch_branches_and_numbers(max_ls, tolerance_change)
         {"lr": torch.tensor(0.3), "max_iter": 4},
     ],
 )
-def test_rugged_loss_matches_torch_bit_for_bit(options):
-    f, x0 = _rugged(7, n=6)
+@pytest.mark.parametrize(("dtype", "loss_dtype"), DTYPES, ids=DTYPE_IDS)
+def test_rugged_loss_matches_torch_bit_for_bit(options, dtype, loss_dtype):
+    f, x0 = _rugged(7, n=6, dtype=dtype, loss_dtype=loss_dtype)
     params = [x0[:4].reshape(2, 2).clone().requires_grad_(), x0[4:].clone().requires_grad_()]
 
     def loss(ps):

@@ -7,9 +7,18 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled, addcdiv, addcmul, is_zero, safe_sqrt
+from higher_core.functional import add_scaled_exact, addcdiv, is_zero, safe_sqrt
 from higher_core.optim import DifferentiableOptimizer, State
-from higher_prodigy._scalars import Scalar, as_double, first_max, first_min, is_inf, sqrt, value
+from higher_prodigy._scalars import (
+    Scalar,
+    addcmul_exact,
+    as_double,
+    first_max,
+    first_min,
+    is_inf,
+    sqrt,
+    value,
+)
 
 __all__ = ["RUNNING_KEYS", "DifferentiableProdigy"]
 
@@ -161,7 +170,7 @@ class DifferentiableProdigy(DifferentiableOptimizer):
                 p, grad = params[i], grads[i]
                 assert grad is not None
                 if not is_zero(decay) and not decouple:
-                    grad = add_scaled(grad, p, decay)
+                    grad = add_scaled_exact(grad, p, decay)
                 effective[i] = grad
                 state = dict(self.state[i]) if i in self.state else self.init_state(
                     p, {"slice_p": slice_p, "betas": first["betas"]})
@@ -170,10 +179,10 @@ class DifferentiableProdigy(DifferentiableOptimizer):
                     dot = torch.dot(sliced_grad, state["p0"] - p.flatten()[::slice_p])
                     delta_numerator = delta_numerator + (d / d0) * dlr * as_double(dot)
                     if value(beta1) > 0:
-                        state["exp_avg"] = add_scaled(state["exp_avg"] * beta1, grad, d * (1 - beta1))
-                    state["exp_avg_sq"] = addcmul(state["exp_avg_sq"] * beta2, grad, grad, d * d * (1 - beta2))
+                        state["exp_avg"] = add_scaled_exact(state["exp_avg"] * beta1, grad, d * (1 - beta1))
+                    state["exp_avg_sq"] = addcmul_exact(state["exp_avg_sq"] * beta2, grad, grad, d * d * (1 - beta2))
                     alpha = (d / d0) * d if group["safeguard_warmup"] else (d / d0) * dlr
-                    state["s"] = add_scaled(state["s"] * beta3, sliced_grad, alpha)
+                    state["s"] = add_scaled_exact(state["s"] * beta3, sliced_grad, alpha)
                     d_denom = d_denom + as_double(state["s"].abs().sum())
                 states[i] = state
 
@@ -202,7 +211,7 @@ class DifferentiableProdigy(DifferentiableOptimizer):
                 state["step"] += 1
                 denom = safe_sqrt(state["exp_avg_sq"]) + d * eps
                 if not is_zero(decay) and decouple:
-                    p = add_scaled(p, p, -decay * dlr)
+                    p = add_scaled_exact(p, p, -decay * dlr)
                 if value(beta1) > 0:
                     p = addcdiv(p, state["exp_avg"], denom, -dlr)
                 else:

@@ -15,7 +15,7 @@ import torch
 
 from higher_core.functional import safe_sqrt
 
-__all__ = ["Scalar", "as_double", "first_max", "first_min", "is_inf", "sqrt", "value"]
+__all__ = ["Scalar", "addcmul_exact", "as_double", "first_max", "first_min", "is_inf", "sqrt", "value"]
 
 Scalar = Union[float, torch.Tensor]
 
@@ -45,6 +45,22 @@ def as_double(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.float64 or x.device.type == "mps":
         return x
     return x.to(torch.float64)
+
+
+def addcmul_exact(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, v: Scalar) -> torch.Tensor:
+    r""":math:`x + v\,y z` with the numbers of ``torch.addcmul(x, y, z, value=v)`` also for a 0-d tensor :math:`v`.
+
+    ``prodigyopt`` passes its number :math:`d` as ``value``; ``x + v * (y * z)``
+    rounds differently. As :func:`higher_core.functional.add_scaled_exact` does for
+    ``alpha``, this reads the tensor's value and gives it its derivatives through a
+    term that is exactly zero in the forward pass.
+    """
+    if not isinstance(v, torch.Tensor):
+        return torch.addcmul(x, y, z, value=v)
+    out = torch.addcmul(x, y, z, value=v.item())
+    if v.requires_grad:
+        out = out + (v - v.detach()) * (y * z)
+    return out
 
 
 def is_inf(x: Scalar) -> bool:

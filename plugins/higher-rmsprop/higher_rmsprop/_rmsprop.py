@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled, addcdiv, addcmul, regularized_gradient, safe_sqrt
+from higher_core.functional import add_scaled_exact, addcdiv, addcmul, regularized_gradient, safe_sqrt
 from higher_core.optim import DifferentiableOptimizer, State
 
 
@@ -84,4 +84,4 @@ class DifferentiableRMSprop(DifferentiableOptimizer):
         buf = torch.zeros_like(param) if buf is None else buf
         buf = torch.addcdiv(buf * momentum, grad, avg)
         new_state["momentum_buffer"] = buf
-        return add_scaled(param, buf, -lr), new_state
+        return add_scaled_exact(param, buf, -lr), new_state  # torch reads a tensor lr as a number

@@ -22,6 +22,7 @@ SGD_INFO = OptimizerInfo(
         ),
         OptimizerInput({"lr": 0.1, "momentum": 0.9, "foreach": True}, "foreach"),
         OptimizerInput({"lr": 0.1, "momentum": 0.9, "differentiable": True}, "differentiable-flag"),
+        OptimizerInput({"lr": torch.tensor(0.1), "momentum": 0.9}, "tensor-lr"),
     ],
     error_inputs=[
         ErrorOptimizerInput({"lr": -0.1}, ValueError, "Invalid learning rate", "negative lr"),

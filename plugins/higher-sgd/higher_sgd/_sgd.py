@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled, is_zero
+from higher_core.functional import add_scaled, add_scaled_exact, is_zero
 from higher_core.optim import DifferentiableOptimizer, State
 
 
@@ -57,6 +57,9 @@ class DifferentiableSGD(DifferentiableOptimizer):
                 buf = grad if buf is None else add_scaled(buf * momentum, grad, 1 - dampening)
                 grad = add_scaled(grad, buf, momentum) if nesterov else buf
                 state = {**state, "momentum_buffer": buf}
-            new_params.append(add_scaled(param, grad, -lr))
+            if isinstance(lr, torch.Tensor) and lr.requires_grad:
+                new_params.append(torch.addcmul(param, grad, lr, value=-1))  # torch's op for such an lr
+            else:
+                new_params.append(add_scaled_exact(param, grad, -lr))  # torch reads a tensor lr as a number
             new_states.append(state)
         return new_params, new_states
