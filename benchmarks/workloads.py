@@ -49,8 +49,8 @@ class ManyTensors(nn.Module):
 
 def many_tensors(library: str, model: ManyTensors, steps: int = 5, lr0: float = 1e-2) -> Meta:
     """Adam for ``steps`` steps with ``lr`` given as a tensor; meta-gradient w.r.t. weights and lr."""
-    lr = torch.tensor(lr0, requires_grad=True)
     weights = list(model.parameters())
+    lr = torch.tensor(lr0, dtype=weights[0].dtype, requires_grad=True)
 
     if library in ("higher_core", "higher"):
         lib: Any = __import__(library)

@@ -21,6 +21,11 @@ from higher_core.functional import (
 from higher_core.optim import DifferentiableOptimizer, State
 
 
+def _number(value: float | torch.Tensor) -> float:
+    """A hyperparameter that needs no gradient, as the Python number torch reads it as."""
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
 class DifferentiableAdam(DifferentiableOptimizer):
     r"""A differentiable version of ``torch.optim.Adam``, with the installed torch's numerics.
 
@@ -99,10 +104,10 @@ class DifferentiableAdam(DifferentiableOptimizer):
                 else:
                     grad = add_scaled(grad, param, weight_decay)
             exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
-            if isinstance(beta2, torch.Tensor):
+            if isinstance(beta2, torch.Tensor) and beta2.requires_grad:  # torch's differentiable form
                 exp_avg_sq = torch.lerp(state["exp_avg_sq"], grad.square(), 1 - beta2)
-            else:
-                exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, 1 - beta2)
+            else:  # torch reads a tensor beta2 that needs no grad as a number here
+                exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, _number(1 - beta2))
             bias_correction1 = 1 - beta1**step
             bias_correction2 = 1 - beta2**step
             step_size = lr / bias_correction1
@@ -140,12 +145,12 @@ class DifferentiableAdam(DifferentiableOptimizer):
                 grads = torch._foreach_add(grads, params, alpha=weight_decay)
         steps = [state["step"] + 1 for state in states]
         exp_avg = torch._foreach_lerp([s["exp_avg"] for s in states], grads, foreach_scalar(1 - beta1, n))
-        if isinstance(beta2, torch.Tensor):
+        if isinstance(beta2, torch.Tensor) and beta2.requires_grad:
             exp_avg_sq = torch._foreach_lerp([s["exp_avg_sq"] for s in states], torch._foreach_mul(grads, grads),
                                              [1 - beta2] * n)
         else:
-            exp_avg_sq = torch._foreach_addcmul(torch._foreach_mul([s["exp_avg_sq"] for s in states], beta2),
-                                                grads, grads, value=1 - beta2)
+            exp_avg_sq = torch._foreach_addcmul(foreach_mul([s["exp_avg_sq"] for s in states], beta2),
+                                                grads, grads, value=_number(1 - beta2))
         if amsgrad:
             second_moment = torch._foreach_maximum([s["max_exp_avg_sq"] for s in states], exp_avg_sq)
         else:
