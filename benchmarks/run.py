@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -120,6 +119,16 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss_bytes() -> int:
+    """This process's resident-set high-water mark (VmHWM: unlike ``ru_maxrss``, not inherited
+    from the parent process across fork and exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def memory_child(workload: str, library: str, device: str, meta_batch: int, steps: int | None) -> None:
     """Run once in this (fresh) process and print the peak memory the run added, in bytes."""
     torch.manual_seed(0)
@@ -136,8 +145,7 @@ def memory_child(workload: str, library: str, device: str, meta_batch: int, step
     else:
         before = _rss_bytes()
         run()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print(max(peak - before, 0))
+        print(max(_peak_rss_bytes() - before, 0))
 
 
 def peak_memory(workload: str, library: str, device: str, meta_batch: int, steps: int | None = None) -> int:
