@@ -17,6 +17,7 @@ __all__ = [
     "Scalar",
     "add_scaled",
     "add_scaled_exact",
+    "decayed",
     "regularized_gradient",
     "with_derivatives_of",
     "addcdiv",
@@ -79,16 +80,35 @@ def with_derivatives_of(value: torch.Tensor, surrogate: torch.Tensor) -> torch.T
     return value.detach() + (surrogate - surrogate.detach())
 
 
-def regularized_gradient(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    r"""The gradient as most ``torch.optim`` rules start: negated for ``maximize``, plus L2 weight decay.
+def decayed(group: Mapping[str, Any], param: torch.Tensor,
+            grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Parameter and gradient as most ``torch.optim`` rules start: ``maximize``, then weight decay.
 
-    .. math:: g \leftarrow \pm g + \lambda\theta
+    .. math::
+        g \leftarrow \pm g; \quad
+        \theta \leftarrow \theta (1 - \gamma\lambda) \text{ if decoupled, else }
+        g \leftarrow g + \lambda\theta
+
+    The decay is decoupled (AdamW's rule) when the group sets
+    ``decoupled_weight_decay``.
     """
     if group.get("maximize", False):
         grad = -grad
-    if not is_zero(group.get("weight_decay", 0)):
-        grad = add_scaled(grad, param, group["weight_decay"])
-    return grad
+    weight_decay = group.get("weight_decay", 0)
+    if not is_zero(weight_decay):
+        if group.get("decoupled_weight_decay", False):
+            param = param * (1 - group["lr"] * weight_decay)
+        else:
+            grad = add_scaled(grad, param, weight_decay)
+    return param, grad
+
+
+def regularized_gradient(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    r"""The gradient as :func:`decayed` leaves it, for rules with L2 weight decay only.
+
+    .. math:: g \leftarrow \pm g + \lambda\theta
+    """
+    return decayed(group, param, grad)[1]
 
 
 def addcmul(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, value: Scalar) -> torch.Tensor:

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from higher_core.functional import (
-    add_scaled,
     addcdiv,
     addcmul,
+    decayed,
     foreach_div,
     foreach_mul,
     foreach_safe_sqrt,
@@ -91,18 +91,11 @@ class DifferentiableAdam(DifferentiableOptimizer):
     ) -> tuple[list[torch.Tensor], list[State]]:
         """The reference rule, one tensor at a time, as torch's single-tensor Adam."""
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        weight_decay, amsgrad = group["weight_decay"], group["amsgrad"]
-        decoupled = group.get("decoupled_weight_decay", False)
+        amsgrad = group["amsgrad"]
         new_params, new_states = [], []
         for param, grad, state in zip(params, grads, states):
-            if group.get("maximize", False):
-                grad = -grad
+            param, grad = decayed(group, param, grad)
             step = state["step"] + 1
-            if not is_zero(weight_decay):
-                if decoupled:
-                    param = param * (1 - lr * weight_decay)
-                else:
-                    grad = add_scaled(grad, param, weight_decay)
             exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
             if isinstance(beta2, torch.Tensor) and beta2.requires_grad:  # torch's differentiable form
                 exp_avg_sq = torch.lerp(state["exp_avg_sq"], grad.square(), 1 - beta2)

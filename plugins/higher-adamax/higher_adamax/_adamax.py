@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled, addcdiv, is_zero
+from higher_core.functional import addcdiv, decayed
 from higher_core.optim import DifferentiableOptimizer, State
 
 
@@ -56,14 +56,10 @@ class DifferentiableAdamax(DifferentiableOptimizer):
         states: list[State],
     ) -> tuple[list[torch.Tensor], list[State]]:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        weight_decay = group["weight_decay"]
         new_params, new_states = [], []
         for param, grad, state in zip(params, grads, states):
-            if group.get("maximize", False):
-                grad = -grad
+            param, grad = decayed(group, param, grad)
             step = state["step"] + 1
-            if not is_zero(weight_decay):
-                grad = add_scaled(grad, param, weight_decay)
             exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
             exp_inf = torch.maximum(state["exp_inf"] * beta2, grad.abs() + eps)
             step_size = lr / (1 - beta1**step)

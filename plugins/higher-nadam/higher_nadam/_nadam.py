@@ -7,7 +7,7 @@ from typing import Any, Union
 
 import torch
 
-from higher_core.functional import Scalar, add_scaled, addcdiv, addcmul, is_zero, safe_sqrt
+from higher_core.functional import Scalar, addcdiv, addcmul, decayed, safe_sqrt
 from higher_core.optim import DifferentiableOptimizer, State
 
 
@@ -75,19 +75,12 @@ class DifferentiableNAdam(DifferentiableOptimizer):
         states: list[State],
     ) -> tuple[list[torch.Tensor], list[State]]:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        weight_decay, momentum_decay = group["weight_decay"], group["momentum_decay"]
-        decoupled = group.get("decoupled_weight_decay", False)
+        momentum_decay = group["momentum_decay"]
         new_params, new_states = [], []
         for param, grad, state in zip(params, grads, states):
-            if group.get("maximize", False):
-                grad = -grad
+            param, grad = decayed(group, param, grad)
             step = state["step"] + 1
             bias_correction2 = 1 - beta2**step
-            if not is_zero(weight_decay):
-                if decoupled:
-                    param = param * (1 - lr * weight_decay)
-                else:
-                    grad = add_scaled(grad, param, weight_decay)
             mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
             mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
             mu_product = state["mu_product"] * mu

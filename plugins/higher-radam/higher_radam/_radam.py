@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled, addcmul, is_zero, safe_sqrt
+from higher_core.functional import addcmul, decayed, safe_sqrt
 from higher_core.optim import DifferentiableOptimizer, State
 
 
@@ -65,18 +65,10 @@ class DifferentiableRAdam(DifferentiableOptimizer):
         states: list[State],
     ) -> tuple[list[torch.Tensor], list[State]]:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        weight_decay = group["weight_decay"]
-        decoupled = group.get("decoupled_weight_decay", False)
         new_params, new_states = [], []
         for param, grad, state in zip(params, grads, states):
-            if group.get("maximize", False):
-                grad = -grad
+            param, grad = decayed(group, param, grad)
             step = state["step"] + 1
-            if not is_zero(weight_decay):
-                if decoupled:
-                    param = param * (1 - lr * weight_decay)
-                else:
-                    grad = add_scaled(grad, param, weight_decay)
             exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
             exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, 1 - beta2)
             bias_correction1 = 1 - beta1**step
