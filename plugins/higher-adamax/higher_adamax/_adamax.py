@@ -48,23 +48,15 @@ class DifferentiableAdamax(DifferentiableOptimizer):
             "exp_inf": torch.zeros_like(param, memory_format=torch.preserve_format),
         }
 
-    def update(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            param, grad = decayed(group, param, grad)
-            step = state["step"] + 1
-            exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
-            exp_inf = torch.maximum(state["exp_inf"] * beta2, grad.abs() + eps)
-            step_size = lr / (1 - beta1**step)
-            new_params.append(addcdiv(param, exp_avg, exp_inf, -step_size))
-            new_states.append(
-                {**state, "step": step, "exp_avg": exp_avg, "exp_inf": exp_inf}
-            )
-        return new_params, new_states
+        param, grad = decayed(group, param, grad)
+        step = state["step"] + 1
+        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+        exp_inf = torch.maximum(state["exp_inf"] * beta2, grad.abs() + eps)
+        step_size = lr / (1 - beta1**step)
+        new_param = addcdiv(param, exp_avg, exp_inf, -step_size)
+        new_state = {**state, "step": step, "exp_avg": exp_avg, "exp_inf": exp_inf}
+        return new_param, new_state

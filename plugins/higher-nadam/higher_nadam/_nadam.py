@@ -67,35 +67,27 @@ class DifferentiableNAdam(DifferentiableOptimizer):
             "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
         }
 
-    def update(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         momentum_decay = group["momentum_decay"]
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            param, grad = decayed(group, param, grad)
-            step = state["step"] + 1
-            bias_correction2 = 1 - beta2**step
-            mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
-            mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
-            mu_product = state["mu_product"] * mu
-            exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
-            exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, 1 - beta2)
-            denom = safe_sqrt(exp_avg_sq / bias_correction2) + eps
-            product = _value(mu_product)
-            param = addcdiv(param, grad, denom, -lr * (1.0 - mu) / (1.0 - product))
-            param = addcdiv(param, exp_avg, denom, (-lr * mu_next) / (1.0 - product * mu_next))
-            new_params.append(param)
-            new_states.append({
-                **state,
-                "step": step,
-                "mu_product": mu_product,
-                "exp_avg": exp_avg,
-                "exp_avg_sq": exp_avg_sq,
-            })
-        return new_params, new_states
+        param, grad = decayed(group, param, grad)
+        step = state["step"] + 1
+        bias_correction2 = 1 - beta2**step
+        mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+        mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+        mu_product = state["mu_product"] * mu
+        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+        exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, 1 - beta2)
+        denom = safe_sqrt(exp_avg_sq / bias_correction2) + eps
+        product = _value(mu_product)
+        param = addcdiv(param, grad, denom, -lr * (1.0 - mu) / (1.0 - product))
+        param = addcdiv(param, exp_avg, denom, (-lr * mu_next) / (1.0 - product * mu_next))
+        return param, {
+            **state,
+            "step": step,
+            "mu_product": mu_product,
+            "exp_avg": exp_avg,
+            "exp_avg_sq": exp_avg_sq,
+        }

@@ -57,35 +57,25 @@ class DifferentiableRAdam(DifferentiableOptimizer):
             "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
         }
 
-    def update(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            param, grad = decayed(group, param, grad)
-            step = state["step"] + 1
-            exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
-            exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, 1 - beta2)
-            bias_correction1 = 1 - beta1**step
-            bias_correction2 = 1 - beta2**step
-            corrected = exp_avg / bias_correction1
-            rho_inf = 2 / (1 - beta2) - 1
-            rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
-            if rho_t > 5.0:
-                rect = (
-                    (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
-                ) ** 0.5
-                adaptive = (bias_correction2**0.5) / (safe_sqrt(exp_avg_sq) + eps)
-                param = torch.add(param, corrected * lr * adaptive * rect, alpha=-1.0)
-            else:
-                param = torch.add(param, corrected * lr, alpha=-1.0)
-            new_params.append(param)
-            new_states.append(
-                {**state, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-            )
-        return new_params, new_states
+        param, grad = decayed(group, param, grad)
+        step = state["step"] + 1
+        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+        exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, 1 - beta2)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        corrected = exp_avg / bias_correction1
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+        if rho_t > 5.0:
+            rect = (
+                (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+            ) ** 0.5
+            adaptive = (bias_correction2**0.5) / (safe_sqrt(exp_avg_sq) + eps)
+            param = torch.add(param, corrected * lr * adaptive * rect, alpha=-1.0)
+        else:
+            param = torch.add(param, corrected * lr, alpha=-1.0)
+        return param, {**state, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
