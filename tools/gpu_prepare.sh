@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 dir=${1:-.whl}
 python_version=${2:-3.12}
 rm -rf "$dir" && mkdir -p "$dir"
-python3 -m pip wheel -q --no-deps --no-build-isolation -w "$dir" . plugins/*/
+python3 -m pip wheel -q --no-deps -w "$dir" . plugins/*/
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
     platforms+=(--platform "$p")
