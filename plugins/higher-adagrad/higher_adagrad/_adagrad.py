@@ -11,6 +11,10 @@ from higher_core.functional import addcdiv, addcmul, regularized_gradient, safe_
 from higher_core.optim import DifferentiableOptimizer, State
 
 
+#: the devices that torch's fused Adagrad kernel runs on (its CUDA kernel does not exist)
+_FUSED_DEVICES = ("cpu",)
+
+
 class DifferentiableAdagrad(DifferentiableOptimizer):
     r"""A differentiable version of ``torch.optim.Adagrad``, with the installed torch's numerics.
 
@@ -69,6 +73,12 @@ class DifferentiableAdagrad(DifferentiableOptimizer):
     def update_one(
         self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
     ) -> tuple[torch.Tensor, State]:
+        if group.get("fused") and param.device.type not in _FUSED_DEVICES:
+            raise ValueError(
+                f"Adagrad(fused=True) supports parameters on {', '.join(_FUSED_DEVICES)} only, as "
+                f"torch.optim.Adagrad does (it refuses a {param.device.type} parameter at its step); "
+                "drop fused=True for this device"
+            )
         grad = regularized_gradient(group, param, grad)
         lr, lr_decay, eps = group["lr"], group["lr_decay"], group["eps"]
         step = state["step"] + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from higher_adagrad import DifferentiableAdagrad
 
@@ -86,3 +87,17 @@ def test_initial_accumulator_value_receives_hypergradient():
         fast = diffopt.step(problem.loss(fast), params=fast)
     (hypergradient,) = torch.autograd.grad(problem.loss(fast), value)
     assert torch.isfinite(hypergradient) and hypergradient != 0
+
+
+def test_fused_is_refused_off_the_cpu_as_torch_refuses_it(monkeypatch):
+    """torch's fused Adagrad runs on the CPU only (on CUDA its step raises); so does ours.
+    Here the CPU is taken off the list of fused devices to stand in for CUDA;
+    tests/test_cuda.py checks CUDA itself against torch's refusal."""
+    from higher_adagrad import _adagrad
+
+    param = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adagrad([param], lr=0.1, fused=True)
+    monkeypatch.setattr(_adagrad, "_FUSED_DEVICES", ("mtia",))
+    diffopt = higher_core.get_diff_optim(opt, [param])
+    with pytest.raises(ValueError, match=r"fused=True supports parameters on mtia only.*drop fused=True"):
+        diffopt.step((param * param).sum(), params=[param])

@@ -17,7 +17,9 @@ ADAMW_INFO = OptimizerInfo(
         OptimizerInput({"lr": 0.01, "maximize": True, "amsgrad": True}, "maximize+amsgrad"),
         OptimizerInput({"lr": torch.tensor(0.01, dtype=torch.float64)}, "tensor-lr"),
         OptimizerInput(
-            {"lr": 0.01, "betas": (torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.99, dtype=torch.float64))},
+            # foreach=False: torch refuses tensor betas in its multi-tensor code, the default on CUDA
+            {"lr": 0.01, "betas": (torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.99, dtype=torch.float64)),
+             "foreach": False},
             "tensor-betas",
         ),
         OptimizerInput(
