@@ -21,47 +21,20 @@ def _stored(value: Any) -> Any:
         if value.requires_grad:
             return value
         value = value.item()
-    return torch.tensor(value, dtype=scalar_dtype()).item()
+    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    return torch.tensor(value, dtype=dtype).item()
 
 
-def scalar_dtype() -> torch.dtype:
-    """torch's dtype for optimizer scalars: float32 unless the default dtype is float64."""
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+def _next_eta(lr: Any, lambd: Any, alpha: Any, step: float) -> Any:
+    r""":math:`\eta_t = \gamma / (1 + \lambda\gamma t)^{\alpha}`, as torch's single-tensor code rounds it.
 
-
-def _torch_takes_foreach_path(group: Mapping[str, Any], param: torch.Tensor) -> bool:
-    """Whether ``torch.optim.ASGD`` steps this parameter with its multi-tensor code.
-
-    ``foreach=None`` means torch's default: the multi-tensor code on devices with
-    foreach kernels (CUDA, not the CPU) unless ``differentiable``.
+    A learned ``alpha`` (a tensor) gets a tensor base on its own device: the backward
+    of a Python number raised to a CUDA tensor mixes devices.
     """
-    foreach = group.get("foreach")
-    if foreach is None:
-        foreach = not group.get("differentiable", False) and param.device.type != "cpu"
-    return bool(foreach) and not group.get("capturable", False)
-
-
-def _next_eta(group: Mapping[str, Any], param: torch.Tensor, lr: Any, lambd: Any, alpha: Any,
-              step: float) -> Any:
-    r""":math:`\eta_t = \gamma / (1 + \lambda\gamma t)^{\alpha}`, rounded as the installed torch rounds it.
-
-    torch's single-tensor code evaluates it in Python floats and stores it in its scalar
-    dtype; its multi-tensor code (the default on CUDA) multiplies the step *tensor* (of the
-    scalar dtype) first, so the whole expression is evaluated in that dtype, on the
-    parameter's device. A learned hyperparameter (a tensor that requires grad) keeps
-    full precision, and a learned ``alpha`` gets a tensor base on its own device (the
-    backward of a Python-number base raised to a CUDA tensor mixes devices).
-    """
-    learned = any(isinstance(v, torch.Tensor) and v.requires_grad for v in (lr, lambd, alpha))
-    if learned:
-        base = 1 + lambd * lr * step
-        if isinstance(alpha, torch.Tensor) and not isinstance(base, torch.Tensor):
-            base = torch.as_tensor(base, dtype=alpha.dtype, device=alpha.device)
-        return lr / base**alpha
-    if _torch_takes_foreach_path(group, param):
-        step_tensor = torch.tensor(step, dtype=scalar_dtype(), device=param.device)
-        return _stored(lr / ((1 + lambd * lr * step_tensor) ** alpha))
-    return _stored(lr / ((1 + lambd * lr * step) ** alpha))
+    base = 1 + lambd * lr * step
+    if isinstance(alpha, torch.Tensor) and not isinstance(base, torch.Tensor):
+        base = torch.as_tensor(base, dtype=alpha.dtype, device=alpha.device)
+    return _stored(lr / base**alpha)
 
 
 class DifferentiableASGD(DifferentiableOptimizer):
@@ -131,7 +104,7 @@ class DifferentiableASGD(DifferentiableOptimizer):
         else:
             ax = param.clone()
         # torch updates eta and mu after the parameter, for the next step
-        eta = _next_eta(group, param, lr, lambd, alpha, step)
+        eta = _next_eta(lr, lambd, alpha, step)
         if isinstance(t0, torch.Tensor):
             mu = _stored(1 / torch.clamp(step - t0, min=1))
         else:
