@@ -13,8 +13,9 @@ every other plugin keeps working; in strict mode every other plugin is loaded
 first and one :class:`~higher_core.errors.PluginLoadError` lists every failure.
 
 :func:`higher_core.register_optim` is a plugin too: registered first, with a
-``tryfirst`` hook implementation, so its entries win over any other plugin's in
-the same table. The environment variables are read by :mod:`higher_core._plugin_env`.
+``tryfirst`` hook implementation (reserved for it: another plugin marking its
+optimizers hook ``tryfirst`` is refused), so its entries win over any other
+plugin's in the same table. The environment variables are read by :mod:`higher_core._plugin_env`.
 """
 
 from __future__ import annotations
@@ -224,6 +225,14 @@ class PluginHost:
                 plugin,
                 f"{record.source} implements unknown hook(s) {', '.join(map(repr, unknown))}; "
                 f"known hooks: {', '.join(hookspecs.HOOK_NAMES)}",
+            )
+        if plugin is not self._explicit and any(
+                impl.tryfirst for impl in self.manager.hook.higher_core_optimizers.get_hookimpls()
+                if impl.plugin is plugin):
+            raise pluggy.PluginValidationError(
+                plugin,
+                f"{record.source} marks higher_core_optimizers tryfirst, which is reserved for "
+                "higher_core.register_optim (the user's choice wins over every plugin); remove tryfirst",
             )
 
     def _read_offers(self, plugin: Any, plugin_name: str, record: PluginRecord) -> list[Provider]:

@@ -363,6 +363,12 @@ BAD_PLUGINS = [
     def higher_core_optimizers(device):
         return {}
     """), PluginLoadWarning, r"(?s)higher-bad 1\.2\.3 failed.*PluginValidationError.*'device'"),
+    Case("tryfirst, reserved for register_optim", _plugin("""
+    @hookimpl(tryfirst=True)
+    def higher_core_optimizers():
+        return {support.CustomOpt: DifferentiableCustom}
+    """), PluginLoadWarning, r"higher-bad 1\.2\.3 marks higher_core_optimizers tryfirst, which is reserved "
+                             r"for higher_core.register_optim"),
     Case("strict off spelled 'off'", "raise ImportError('x')\n", PluginLoadWarning,
          r"higher-bad 1\.2\.3.*set HIGHER_CORE_STRICT_PLUGINS=1 to make this an error",
          {"HIGHER_CORE_STRICT_PLUGINS": "off"}),
