@@ -1,8 +1,10 @@
 """The ``higher-core`` command: ``higher-core plugins [--json] [--strict]``.
 
 Lists every installed plugin distribution with its version, the optimizers it
-provides (reference type -> differentiable class), and every plugin that failed
-to load, with its error.
+provides (reference type -> differentiable class), every plugin that failed
+to load, with its error, every installed plugin that an environment variable
+excludes, with the variable, and the warnings discovery gave (a name in
+``HIGHER_CORE_PLUGINS`` that matches nothing, for example).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ def _name(t: type) -> str:
 
 
 def plugin_report() -> dict[str, Any]:
-    """What ``higher-core plugins --json`` prints: plugins, their optimizers, failures."""
+    """What ``higher-core plugins --json`` prints: plugins, their optimizers, failures, exclusions."""
     from higher_core._plugins import plugin_host
 
     host = plugin_host()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # failures are part of the report
-        table = host.table()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # failures and warnings are part of the report
+        table = host.table(raise_failures=False)
         records = host.records()
     plugins = []
     for record in records:
@@ -55,12 +57,16 @@ def plugin_report() -> dict[str, Any]:
     return {
         "plugins": sorted(plugins, key=lambda p: p["name"]),
         "failed": [{"source": f.source, "error": f.error} for f in table.failures],
+        "excluded": [{"source": e.plugin.source, "entry_point": e.plugin.entry_point, "variable": e.variable}
+                     for e in table.excluded],
         "conflicts": conflicts,
+        # a failure's own warning repeats "failed"; the rest (unknown names, values) are listed
+        "warnings": [str(w.message) for w in caught if not str(w.message).startswith("higher-core plugin from")],
     }
 
 
 def _print_text(report: dict[str, Any]) -> None:
-    if not report["plugins"]:
+    if not report["plugins"] and not report["excluded"]:
         print("no higher-core plugins installed (try `pip install higher-adam`)")
     for plugin in report["plugins"]:
         origin = plugin["distribution"] or plugin["name"]
@@ -71,8 +77,12 @@ def _print_text(report: dict[str, Any]) -> None:
             print("    (no optimizers)")
     for failure in report["failed"]:
         print(f"FAILED {failure['source']}: {failure['error']}")
+    for excluded in report["excluded"]:
+        print(f"EXCLUDED {excluded['source']} (by {excluded['variable']})")
     for optimizer, sources in report["conflicts"].items():
         print(f"CONFLICT {optimizer}: claimed by {' and '.join(sources)}")
+    for message in report["warnings"]:
+        print(f"WARNING {message}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from torch import nn
 
 from higher_core._optimizer import DifferentiableOptimizer
 from higher_core._overrides import Override
-from higher_core._registry import resolve
+from higher_core._registry import resolve_for
 from higher_core.patch import PatchedModule, monkeypatch
 
 __all__ = ["innerloop_ctx"]
@@ -57,7 +57,7 @@ def innerloop_ctx(
         >>> model.weight.grad.shape
         torch.Size([1, 4])
     """
-    diff_type = resolve(type(opt))  # fail before copying the model
+    diff_type = resolve_for(opt)  # fail before copying the model
     fmodel = monkeypatch(model, device=device, copy_initial_weights=copy_initial_weights,
                          track_higher_grads=track_higher_grads)
     diffopt = diff_type(opt, model.parameters(), fmodel=fmodel, device=device, override=override,

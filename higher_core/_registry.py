@@ -1,19 +1,22 @@
 """Which differentiable optimizer stands for which optimizer type.
 
-A user's :func:`register_optim` wins over any plugin; otherwise the installed
-plugins (see :mod:`higher_core._plugins`) decide. A subclass of a supported
+There is one table, the plugin host's (see :mod:`higher_core._plugins`): a
+user's :func:`register_optim` is an entry of a plugin that runs first, so it
+wins over any installed plugin. A subclass of a supported
 optimizer resolves to its nearest registered base class, with a
 :class:`~higher_core.errors.SubclassResolutionWarning`.
 """
 
 from __future__ import annotations
 
-import threading
+import types
 import warnings
+from typing import Any
 
 import torch
 
 from higher_core._optimizer import DifferentiableOptimizer
+from higher_core._plugin_env import normalize
 from higher_core._plugins import plugin_host
 from higher_core.errors import (
     PluginConflictError,
@@ -21,10 +24,15 @@ from higher_core.errors import (
     UnsupportedOptimizerError,
 )
 
-__all__ = ["register_optim", "resolve", "lookup", "pip_name_for", "missing_optimizer_message"]
-
-_explicit: dict[type, type[DifferentiableOptimizer]] = {}
-_lock = threading.Lock()
+__all__ = [
+    "register_optim",
+    "unregister_optim",
+    "resolve",
+    "resolve_for",
+    "lookup",
+    "pip_name_for",
+    "missing_optimizer_message",
+]
 
 #: torch.optim types that no plugin can make differentiable, and why.
 REFUSED: dict[str, str] = {
@@ -63,20 +71,16 @@ def register_optim(
             "register_optim: diff_optim_type must be a subclass of "
             f"higher_core.optim.DifferentiableOptimizer, got {diff_optim_type!r}"
         )
-    with _lock:
-        _explicit[optim_type] = diff_optim_type
+    plugin_host().set_explicit(optim_type, diff_optim_type)
 
 
 def unregister_optim(optim_type: type[torch.optim.Optimizer]) -> None:
     """Forget a :func:`register_optim` registration (plugins are untouched)."""
-    with _lock:
-        _explicit.pop(optim_type, None)
+    plugin_host().set_explicit(optim_type, None)
 
 
 def _exact(optim_type: type) -> type[DifferentiableOptimizer] | None:
-    if optim_type in _explicit:
-        return _explicit[optim_type]
-    providers = plugin_host().table().providers.get(optim_type)
+    providers = plugin_host().table().best(optim_type)
     if not providers:
         return None
     if len(providers) > 1:
@@ -104,8 +108,53 @@ def lookup(optim_type: type) -> tuple[type[DifferentiableOptimizer], type] | Non
     return None
 
 
+_EXAMPLE = "torch.optim.SGD(model.parameters(), lr=0.1)"
+
+
+def _describe(value: Any) -> str:
+    """What a value that should have been an optimizer instance is, and the fix."""
+    if value is None:
+        return f"None; pass an optimizer instance, e.g. {_EXAMPLE}"
+    if isinstance(value, type):
+        name = qualified_name(value)
+        if issubclass(value, torch.optim.Optimizer):
+            return f"the class {name}; pass an instance: {name}(model.parameters(), ...)"
+        return f"the class {name}; pass an optimizer instance, e.g. {_EXAMPLE}"
+    if isinstance(value, types.ModuleType):
+        return f"the module {value.__name__}; pass an optimizer instance, e.g. {_EXAMPLE}"
+    if isinstance(value, torch.nn.Module):
+        return (f"the torch.nn.Module {qualified_name(type(value))}: are the model and the "
+                "optimizer swapped? The model comes first, as in innerloop_ctx(model, opt)")
+    return f"{qualified_name(type(value))}; pass an optimizer instance, e.g. {_EXAMPLE}"
+
+
+def resolve_for(opt: Any, argument: str = "opt") -> type[DifferentiableOptimizer]:
+    """The differentiable optimizer for the optimizer instance ``opt``.
+
+    Raises:
+        TypeError: ``opt`` is not a :class:`torch.optim.Optimizer` instance (a class, a
+            module, ``None``...); the message names ``argument``, what it got and the fix.
+        UnsupportedOptimizerError: nothing is registered for ``type(opt)``.
+
+    Example:
+        >>> import torch, higher_core
+        >>> from higher_core._registry import resolve_for
+        >>> resolve_for(torch.optim.SGD)
+        Traceback (most recent call last):
+        ...
+        TypeError: opt: expected a torch.optim.Optimizer instance, got the class torch.optim.SGD; pass an instance: torch.optim.SGD(model.parameters(), ...)
+    """
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"{argument}: expected a torch.optim.Optimizer instance, got {_describe(opt)}")
+    return resolve(type(opt))
+
+
 def resolve(optim_type: type) -> type[DifferentiableOptimizer]:
     """The differentiable optimizer for ``optim_type``, or a clear error naming the fix."""
+    if not (isinstance(optim_type, type) and issubclass(optim_type, torch.optim.Optimizer)):
+        got = (f"an instance of {qualified_name(type(optim_type))}; pass its class"
+               if isinstance(optim_type, torch.optim.Optimizer) else _describe(optim_type))
+        raise TypeError(f"expected a torch.optim.Optimizer subclass, got {got}")
     found = lookup(optim_type)
     if found is None:
         raise UnsupportedOptimizerError(missing_optimizer_message(optim_type))
@@ -156,8 +205,17 @@ def missing_optimizer_message(optim_type: type) -> str:
             f"higher_core.register_optim({optim_type.__name__}, <DifferentiableOptimizer subclass>)"
         )
     table = plugin_host().table()
-    known = sorted({t.__name__ for t in table.providers} | {t.__name__ for t in _explicit})
+    if pip_name is not None:
+        for exclusion in table.excluded:
+            if normalize(pip_name) in exclusion.names:
+                return (f"no differentiable optimizer is registered for {name}: {exclusion.plugin.source} "
+                        f"is installed but excluded by {exclusion.variable}; remove it from "
+                        f"{exclusion.variable} (or unset the variable) to use it.")
+    known = sorted({t.__name__ for t in table.providers})
     message += f". Registered now: {', '.join(known) if known else 'none'}"
+    if table.excluded:
+        excluded = "; ".join(f"{e.plugin.source} (by {e.variable})" for e in table.excluded)
+        message += f". Installed but excluded: {excluded}"
     if table.failures:
         failed = "; ".join(f"{f.source} ({f.error})" for f in table.failures)
         message += f". Plugins that failed to load: {failed}"

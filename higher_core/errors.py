@@ -38,11 +38,17 @@ class PluginConflictError(RuntimeError):
 
 
 class PluginLoadError(ImportError):
-    """A plugin entry point failed to load while ``HIGHER_CORE_STRICT_PLUGINS`` is set."""
+    """Plugins failed to load while ``HIGHER_CORE_STRICT_PLUGINS`` is on.
+
+    Raised after every other plugin was loaded; the message lists every failure.
+    """
 
 
 class PluginLoadWarning(UserWarning):
-    """A plugin entry point failed to load; every other plugin keeps working."""
+    """A plugin failed to load, or a plugin environment variable has a value or name that matches nothing.
+
+    Every other plugin keeps working; the message names the distribution or the variable.
+    """
 
 
 class SubclassResolutionWarning(UserWarning):

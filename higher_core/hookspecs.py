@@ -39,6 +39,9 @@ ENTRY_POINT_GROUP = "higher_core.plugins"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
+#: every hook a plugin may implement; any other name marked with ``hookimpl`` is refused
+HOOK_NAMES = ("higher_core_optimizers", "higher_core_conformance")
+
 OptimizerTable = Union[
     "Mapping[type[torch.optim.Optimizer], type[DifferentiableOptimizer]]",
     "Iterable[tuple[type[torch.optim.Optimizer], type[DifferentiableOptimizer]]]",

@@ -17,7 +17,7 @@ import torch
 
 from higher_core import _overrides
 from higher_core._optimizer import DifferentiableOptimizer, GradCallback, State
-from higher_core._registry import lookup, missing_optimizer_message, register_optim, resolve
+from higher_core._registry import lookup, missing_optimizer_message, register_optim, resolve, resolve_for
 from higher_core.errors import MissingOptimizerPluginError
 from higher_core.patch import PatchedModule
 
@@ -89,7 +89,7 @@ def get_diff_optim(
         >>> loss = (torch.ones(1, 2) @ fast[0].t() + fast[1]).pow(2).sum()
         >>> fast = diffopt.step(loss, params=fast)
     """
-    diff_type = resolve(type(opt))
+    diff_type = resolve_for(opt)
     return diff_type(opt, reference_params, fmodel=fmodel, device=device, override=override,
                      track_higher_grads=track_higher_grads, **kwargs)
 

@@ -61,3 +61,23 @@ def test_failed_plugin_is_reported_and_strict_fails(broken_plugin):
 
 def test_console_script_is_installed():
     assert _cli.main(["plugins", "--json"]) == 0
+
+
+def test_excluded_plugins_and_unknown_names_are_shown():
+    env = {"HIGHER_CORE_DISABLE_PLUGINS": "Higher_SGD,higher-nope"}
+    result = _run("plugins", env_extra=env)
+    assert result.returncode == 0, result.stderr
+    assert "EXCLUDED higher-sgd 0.1.0 (by HIGHER_CORE_DISABLE_PLUGINS)" in result.stdout
+    assert "WARNING HIGHER_CORE_DISABLE_PLUGINS names 'higher-nope', which matches no installed" in result.stdout
+    assert "torch.optim.SGD ->" not in result.stdout and "higher-adam 0.1.0" in result.stdout
+    report = json.loads(_run("plugins", "--json", env_extra=env).stdout)
+    assert report["excluded"] == [
+        {"source": "higher-sgd 0.1.0", "entry_point": "sgd = higher_sgd", "variable": "HIGHER_CORE_DISABLE_PLUGINS"}
+    ]
+
+
+def test_strict_environment_still_prints_the_report(broken_plugin):
+    result = _run("plugins", env_extra={"HIGHER_CORE_STRICT_PLUGINS": "1"}, pythonpath=broken_plugin)
+    assert result.returncode == 0, result.stderr
+    assert "FAILED higher-broken-cli 0.3: ImportError: missing dependency xyz" in result.stdout
+    assert "Traceback" not in result.stderr
