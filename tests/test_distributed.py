@@ -37,8 +37,12 @@ def _free_port() -> int:
 
 
 def _spawn(fn, *args) -> None:
-    """Run ``fn(rank, port, *args)`` on WORLD processes; raises the first failing rank's error."""
-    mp.spawn(fn, args=(_free_port(), *args), nprocs=WORLD, join=True)
+    """Run ``fn(rank, port, *args)`` on WORLD processes; raises the first failing rank's error.
+
+    Forked where the platform can (no second import of torch: seconds per process).
+    """
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(fn, args=(_free_port(), *args), nprocs=WORLD, join=True, start_method=method)
 
 
 def _init(rank: int, port: int, seconds: float = 60) -> None:
