@@ -7,6 +7,7 @@ the support set fit the task; the baseline pre-trains the same network on all
 tasks jointly and fine-tunes it the same way.
 
 Run:  python examples/maml_sine.py   (about a minute on 2 CPU cores)
+      torchrun --nproc_per_node=2 examples/maml_sine.py --distributed   (the meta-batch split in 2)
 """
 
 from __future__ import annotations
@@ -25,13 +26,18 @@ K = 10
 INNER_LR = 0.01
 
 
-def sample_tasks(n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
-    """``n`` tasks: support and query inputs and targets, shaped (n, K, 1)."""
-    amplitude = torch.empty(n, 1, 1, dtype=dtype).uniform_(0.1, 5.0, generator=generator)
-    phase = torch.empty(n, 1, 1, dtype=dtype).uniform_(0.0, math.pi, generator=generator)
-    x = torch.empty(n, 2 * K, 1, dtype=dtype).uniform_(-5.0, 5.0, generator=generator)
+def _tasks_from_uniform(u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Tasks from U[0, 1) draws shaped (n, 2K + 2, 1): support and query inputs and targets, (n, K, 1)."""
+    amplitude = 0.1 + 4.9 * u[:, :1]
+    phase = math.pi * u[:, 1:2]
+    x = -5.0 + 10.0 * u[:, 2:]
     y = amplitude * torch.sin(x - phase)
     return x[:, :K], y[:, :K], x[:, K:], y[:, K:]
+
+
+def sample_tasks(n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """``n`` tasks: support and query inputs and targets, shaped (n, K, 1)."""
+    return _tasks_from_uniform(torch.rand(n, 2 * K + 2, 1, generator=generator, dtype=dtype))
 
 
 def sample_meta_batch(seed: int, iteration: int, tasks: range, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -40,9 +46,10 @@ def sample_meta_batch(seed: int, iteration: int, tasks: range, dtype: torch.dtyp
     Task ``i`` depends only on ``(seed, iteration, i)``, so the meta-batch of one
     process is the concatenation of the shares of several.
     """
-    drawn = [sample_tasks(1, torch.Generator().manual_seed(seed * 2**40 + iteration * 2**20 + i), dtype)
-             for i in tasks]
-    return tuple(torch.cat(parts) for parts in zip(*drawn))
+    return _tasks_from_uniform(torch.cat([
+        torch.rand(1, 2 * K + 2, 1, dtype=dtype,
+                   generator=torch.Generator().manual_seed(seed * 2**40 + iteration * 2**20 + i))
+        for i in tasks]))
 
 
 def make_net() -> nn.Module:

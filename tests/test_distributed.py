@@ -98,7 +98,9 @@ def _worker(rank: int, port: int, out: str) -> None:
     mine = range(rank * TASKS // WORLD, (rank + 1) * TASKS // WORLD)
     ddp = DistributedDataParallel(_net())
     assert isinstance(higher_core.patch.monkeypatch(ddp)[0], nn.Linear), "monkeypatch must patch ddp.module"
-    results = {"helper": _meta_train(_net(), mine, "helper"), "ddp": _meta_train(ddp, mine, "ddp")}
+    results = {"helper": _meta_train(_net(), mine, "helper"), "ddp": _meta_train(ddp, mine, "ddp"),
+               "ddp_find_unused": _meta_train(DistributedDataParallel(_net(), find_unused_parameters=True),
+                                              mine, "ddp")}
     torch.save(results, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -115,7 +117,7 @@ def one_process_result():
     return _meta_train(_net(), range(TASKS), "one")
 
 
-@pytest.mark.parametrize("mode", ["helper", "ddp"])
+@pytest.mark.parametrize("mode", ["helper", "ddp", "ddp_find_unused"])
 def test_two_processes_equal_one(mode, two_process_results, one_process_result):
     for rank, result in enumerate(two_process_results):
         got = result[mode]
