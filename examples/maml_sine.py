@@ -13,6 +13,7 @@ Run:  python examples/maml_sine.py   (about a minute on 2 CPU cores)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import time
 
@@ -46,10 +47,13 @@ def sample_meta_batch(seed: int, iteration: int, tasks: range, dtype: torch.dtyp
     Task ``i`` depends only on ``(seed, iteration, i)``, so the meta-batch of one
     process is the concatenation of the shares of several.
     """
-    return _tasks_from_uniform(torch.cat([
-        torch.rand(1, 2 * K + 2, 1, dtype=dtype,
-                   generator=torch.Generator().manual_seed(seed * 2**40 + iteration * 2**20 + i))
-        for i in tasks]))
+    generators = [torch.Generator().manual_seed(task_seed(seed, iteration, i)) for i in tasks]
+    return _tasks_from_uniform(torch.cat([torch.rand(1, 2 * K + 2, 1, dtype=dtype, generator=g) for g in generators]))
+
+
+def task_seed(seed: int, iteration: int, task: int) -> int:
+    """A 32-bit seed for one task (torch's CPU generator keeps only 32 bits of a seed)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed},{iteration},{task}".encode(), digest_size=4).digest(), "little")
 
 
 def make_net() -> nn.Module:
