@@ -7,11 +7,13 @@ the support set fit the task; the baseline pre-trains the same network on all
 tasks jointly and fine-tunes it the same way.
 
 Run:  python examples/maml_sine.py   (about a minute on 2 CPU cores)
+      torchrun --nproc_per_node=2 examples/maml_sine.py --distributed   (the meta-batch split in 2)
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import time
 
@@ -25,37 +27,79 @@ K = 10
 INNER_LR = 0.01
 
 
-def sample_tasks(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """``n`` tasks: support and query inputs and targets, shaped (n, K, 1)."""
-    amplitude = torch.empty(n, 1, 1).uniform_(0.1, 5.0, generator=generator)
-    phase = torch.empty(n, 1, 1).uniform_(0.0, math.pi, generator=generator)
-    x = torch.empty(n, 2 * K, 1).uniform_(-5.0, 5.0, generator=generator)
+def _tasks_from_uniform(u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Tasks from U[0, 1) draws shaped (n, 2K + 2, 1): support and query inputs and targets, (n, K, 1)."""
+    amplitude = 0.1 + 4.9 * u[:, :1]
+    phase = math.pi * u[:, 1:2]
+    x = -5.0 + 10.0 * u[:, 2:]
     y = amplitude * torch.sin(x - phase)
     return x[:, :K], y[:, :K], x[:, K:], y[:, K:]
+
+
+def sample_tasks(n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """``n`` tasks: support and query inputs and targets, shaped (n, K, 1)."""
+    return _tasks_from_uniform(torch.rand(n, 2 * K + 2, 1, generator=generator, dtype=dtype))
+
+
+def sample_meta_batch(seed: int, iteration: int, tasks: range, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Tasks ``tasks`` of meta-iteration ``iteration``, each drawn from its own seed.
+
+    Task ``i`` depends only on ``(seed, iteration, i)``, so the meta-batch of one
+    process is the concatenation of the shares of several.
+    """
+    generators = [torch.Generator().manual_seed(task_seed(seed, iteration, i)) for i in tasks]
+    return _tasks_from_uniform(torch.cat([torch.rand(1, 2 * K + 2, 1, dtype=dtype, generator=g) for g in generators]))
+
+
+def task_seed(seed: int, iteration: int, task: int) -> int:
+    """A 32-bit seed for one task (torch's CPU generator keeps only 32 bits of a seed)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed},{iteration},{task}".encode(), digest_size=4).digest(), "little")
 
 
 def make_net() -> nn.Module:
     return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
 
 
-def meta_train(net: nn.Module, iterations: int, meta_batch: int, inner_steps: int, g: torch.Generator) -> None:
-    meta_opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    inner_opt = torch.optim.SGD(net.parameters(), lr=INNER_LR)
-    for _ in range(iterations):
-        xs, ys, xq, yq = sample_tasks(meta_batch, g)
+def query_loss(model: nn.Module, inner_opt: torch.optim.Optimizer, task: tuple[torch.Tensor, ...],
+               inner_steps: int) -> torch.Tensor:
+    """One task: ``inner_steps`` SGD steps on the support set, then the loss on the query set."""
+    xs, ys, xq, yq = task
+    with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fnet, diffopt):
+        for _ in range(inner_steps):
+            diffopt.step(mse_loss(fnet(xs), ys))
+        return mse_loss(fnet(xq), yq)
+
+
+def share(meta_batch: int, rank: int, world: int) -> range:
+    """The tasks of the meta-batch that process ``rank`` of ``world`` runs (a contiguous share)."""
+    if meta_batch % world:
+        raise SystemExit(f"--meta-batch {meta_batch} must be a multiple of the number of processes ({world})")
+    size = meta_batch // world
+    return range(rank * size, (rank + 1) * size)
+
+
+def meta_train(model: nn.Module, iterations: int, meta_batch: int, inner_steps: int, seed: int,
+               dtype: torch.dtype = torch.float32, rank: int = 0, world: int = 1) -> None:
+    """MAML; ``model`` may be a DistributedDataParallel, and then runs this process's share of each meta-batch."""
+    meta_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    inner_opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    mine = share(meta_batch, rank, world)
+    for iteration in range(iterations):
+        xs, ys, xq, yq = sample_meta_batch(seed, iteration, mine, dtype)
         meta_opt.zero_grad()
-        for i in range(meta_batch):
-            with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False) as (fnet, diffopt):
-                for _ in range(inner_steps):
-                    diffopt.step(mse_loss(fnet(xs[i]), ys[i]))
-                (mse_loss(fnet(xq[i]), yq[i]) / meta_batch).backward()
+        for i in range(len(mine)):
+            loss = query_loss(model, inner_opt, (xs[i], ys[i], xq[i], yq[i]), inner_steps) / len(mine)
+            if i + 1 < len(mine):
+                loss.backward()
+            else:  # averages the meta-gradients across processes under DDP; loss.backward() otherwise
+                higher.distributed.backward(loss, model)
         meta_opt.step()
 
 
-def pretrain(net: nn.Module, iterations: int, meta_batch: int, g: torch.Generator) -> None:
+def pretrain(net: nn.Module, iterations: int, meta_batch: int, seed: int, dtype: torch.dtype) -> None:
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(iterations):
-        xs, ys, _, _ = sample_tasks(meta_batch, g)
+    for iteration in range(iterations):
+        xs, ys, _, _ = sample_meta_batch(seed, iteration, range(meta_batch), dtype)
         opt.zero_grad()
         mse_loss(net(xs.reshape(-1, 1)), ys.reshape(-1, 1)).backward()
         opt.step()
@@ -84,26 +128,41 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--test-tasks", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--distributed", action="store_true",
+                        help="split each meta-batch across the processes of torchrun (gloo on CPU, NCCL on GPU)")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
 
+    rank, world = 0, 1
+    if args.distributed:
+        higher.distributed.init_process_group()
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     torch.manual_seed(args.seed)
-    maml_net, baseline_net = make_net(), make_net()
+    maml_net, baseline_net = make_net().to(dtype), make_net().to(dtype)
     baseline_net.load_state_dict(maml_net.state_dict())
+    model = torch.nn.parallel.DistributedDataParallel(maml_net) if args.distributed else maml_net
     start = time.perf_counter()
-    meta_train(maml_net, args.iterations, args.meta_batch, args.inner_steps, torch.Generator().manual_seed(1))
+    meta_train(model, args.iterations, args.meta_batch, args.inner_steps, args.seed, dtype, rank, world)
     trained = time.perf_counter() - start
-    pretrain(baseline_net, args.iterations, args.meta_batch, torch.Generator().manual_seed(1))
+    if args.distributed:
+        torch.distributed.destroy_process_group()
+    if rank != 0:
+        return
+    pretrain(baseline_net, args.iterations, args.meta_batch, args.seed, dtype)
 
-    test_tasks = sample_tasks(args.test_tasks, torch.Generator().manual_seed(12345))
+    test_tasks = sample_tasks(args.test_tasks, torch.Generator().manual_seed(12345), dtype)
     steps = (0, 1, 10)
     rows = {"MAML (meta-learned)": evaluate(maml_net, test_tasks, steps),
             "pre-trained baseline": evaluate(baseline_net, test_tasks, steps)}
+    processes = f" on {world} processes" if args.distributed else ""
     print(f"MAML sine regression, K={K} shots, {args.iterations} meta-iterations "
-          f"x {args.meta_batch} tasks, meta-trained in {trained:.0f} s")
+          f"x {args.meta_batch} tasks, meta-trained in {trained:.0f} s{processes}")
     print(f"query MSE on {args.test_tasks} new tasks, after n SGD steps (lr={INNER_LR}) on the support set:")
     print(f"  {'weights':<22}" + "".join(f"{'n=' + str(s):>10}" for s in steps))
     for name, losses in rows.items():
         print(f"  {name:<22}" + "".join(f"{losses[s]:>10.3f}" for s in steps))
+    print("checksum", repr(sum(float(p.detach().sum()) for p in maml_net.parameters())))
 
 
 if __name__ == "__main__":

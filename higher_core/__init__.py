@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from higher_core import errors, functional, optim, patch, utils
+from higher_core import distributed  # noqa: F401  (higher_core.distributed: meta-training across processes)
 from higher_core._context import innerloop_ctx
 from higher_core._plugins import hookimpl, plugin_host, register_plugin, unregister_plugin
 from higher_core._registry import register_optim, unregister_optim

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from higher_core.distributed import unwrap
+
 __all__ = ["PatchedModule", "_MonkeyPatchBase", "buffer_sync", "make_functional", "monkeypatch"]
 
 # Where one fast weight lives: (submodule.__dict__, submodule._parameters, attribute name).
@@ -132,6 +134,7 @@ class PatchedModule(nn.Module):
     def __init__(self, module: nn.Module, device: torch.device | str | None = None,
                  track_higher_grads: bool = True) -> None:
         super().__init__()
+        module = unwrap(module)  # a DistributedDataParallel: patch the module it wraps
         reference = list(module.parameters())
         patched = _copy_module(module, {id(p): p for p in reference})
         if device is not None:
