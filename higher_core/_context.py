@@ -64,8 +64,8 @@ def innerloop_ctx(
     """
     model = check_module(model, "innerloop_ctx")
     device = check_device(device, "innerloop_ctx")
-    copy_initial_weights = check_bool(copy_initial_weights, "innerloop_ctx", "copy_initial_weights")
-    track_higher_grads = check_bool(track_higher_grads, "innerloop_ctx", "track_higher_grads")
+    copy_initial_weights = check_bool(copy_initial_weights, "innerloop_ctx(copy_initial_weights=...)")
+    track_higher_grads = check_bool(track_higher_grads, "innerloop_ctx(track_higher_grads=...)")
     diff_type = resolve(type(opt))  # fail before copying the model
     fmodel = monkeypatch(model, device=device, copy_initial_weights=copy_initial_weights,
                          track_higher_grads=track_higher_grads)

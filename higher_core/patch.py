@@ -151,7 +151,7 @@ class PatchedModule(nn.Module):
         d["_modules"] = patched._modules
         d["_parameters"] = patched._parameters
         d["_buffers"] = patched._buffers
-        self.track_higher_grads = check_bool(track_higher_grads, type(self).__name__, "track_higher_grads")
+        self.track_higher_grads = check_bool(track_higher_grads, f"{type(self).__name__}(track_higher_grads=...)")
 
     @classmethod
     def _from_parts(cls, patched: nn.Module, paths: list[list[str]], meta: list[Meta],
@@ -366,7 +366,7 @@ class PatchedModule(nn.Module):
             0.0
         """
         module = check_module(module, "copy_to", "module")
-        buffers = check_bool(buffers, "copy_to", "buffers")
+        buffers = check_bool(buffers, "copy_to(buffers=...)")
         if self._fast_params is None:
             raise ValueError("this patched module has no fast weights yet")
         targets = list(module.named_parameters())
@@ -388,7 +388,7 @@ class PatchedModule(nn.Module):
     def training(self, value: bool) -> None:
         patched = self.__dict__.get("_patched")
         if patched is not None:  # (nn.Module.__init__ sets it before there is a copy)
-            patched.training = check_bool(value, "fmodel.training = ", "value")
+            patched.training = check_bool(value, "fmodel.training")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the ``.grad`` of fast weights that are leaves (as ``nn.Module.zero_grad``).
@@ -410,8 +410,7 @@ class PatchedModule(nn.Module):
 
     @track_higher_grads.setter
     def track_higher_grads(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"track_higher_grads must be a bool, got {type(value).__name__}")
+        value = check_bool(value, "fmodel.track_higher_grads")
         self.__dict__["_track_higher_grads"] = value
         for rnn in self._rnns:
             rnn.__dict__[_NO_CUDNN] = value
@@ -559,8 +558,8 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
     """
     module = check_module(module, "monkeypatch", "module")
     device = check_device(device, "monkeypatch")
-    copy_initial_weights = check_bool(copy_initial_weights, "monkeypatch", "copy_initial_weights")
-    track_higher_grads = check_bool(track_higher_grads, "monkeypatch", "track_higher_grads")
+    copy_initial_weights = check_bool(copy_initial_weights, "monkeypatch(copy_initial_weights=...)")
+    track_higher_grads = check_bool(track_higher_grads, "monkeypatch(track_higher_grads=...)")
     fmodule = PatchedModule(module, device=device, track_higher_grads=track_higher_grads)
     initial = _initial_fast_weights(module, device, copy_initial_weights)
     fmodule.update_params(initial)
