@@ -169,8 +169,8 @@ class PatchedModule(nn.Module):
         if params is not None:
             params = check_fast_weights(params, self._param_meta, self._names, "fmodel(..., params=)")
             latest = self.fast_params
-            if latest is None or len(latest) != len(params) or any(a is not b for a, b in zip(latest, params)):
-                self.update_params(params)
+            if latest is None or any(a is not b for a, b in zip(latest, params)):
+                self._install(params)
         elif self._fast_params is None:
             raise ValueError(
                 "this patched module has no fast weights yet: call it with params=[...] or "
@@ -189,7 +189,10 @@ class PatchedModule(nn.Module):
         is detached, as ``higher`` detached every weight it stepped, so that nothing
         after the first update reaches the original module.
         """
-        params = check_fast_weights(params, self._param_meta, self._names, "update_params")
+        self._install(check_fast_weights(params, self._param_meta, self._names, "update_params"))
+
+    def _install(self, params: list[torch.Tensor]) -> None:
+        """:meth:`update_params` after the checks."""
         initial = self._initial
         if initial is not None and self._fast_params is not None and not self._track_higher_grads:
             params = [p.detach().requires_grad_(p.requires_grad) if p is q else p
