@@ -383,7 +383,15 @@ class PatchedModule(nn.Module):
 
     @property
     def training(self) -> bool:  # type: ignore[override]
-        """Training mode: the private copy's flag, so ``fmodel.training = False`` is ``fmodel.eval()`` at the root."""
+        """Training mode: the private copy's own flag (one source of truth), as ``nn.Module.training``.
+
+        Example:
+            >>> import torch, higher_core
+            >>> fnet = higher_core.patch.monkeypatch(torch.nn.Dropout(0.5))
+            >>> fnet.training = False
+            >>> fnet(torch.ones(3)).tolist()
+            [1.0, 1.0, 1.0]
+        """
         patched = self.__dict__.get("_patched")
         return True if patched is None else patched.training
 
@@ -398,6 +406,14 @@ class PatchedModule(nn.Module):
 
         The initial fast weights are never the original module's parameters, so
         gradients accumulated there (meta-gradients over episodes) are left alone.
+
+        Example:
+            >>> import torch, higher_core
+            >>> net = torch.nn.Linear(2, 1)
+            >>> net.weight.grad = torch.ones_like(net.weight)
+            >>> higher_core.patch.monkeypatch(net, copy_initial_weights=False).zero_grad()
+            >>> net.weight.grad.tolist()
+            [[1.0, 1.0]]
         """
         for p in self.fast_params or ():
             if (p.is_leaf or p.retains_grad) and p.grad is not None:
