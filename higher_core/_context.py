@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from higher_core._boundary import check_bool, check_device, check_module
 from higher_core._optimizer import DifferentiableOptimizer
 from higher_core._overrides import Override
 from higher_core._registry import resolve_for
@@ -28,6 +29,10 @@ def innerloop_ctx(
     **kwargs: Any,
 ) -> Iterator[tuple[PatchedModule, DifferentiableOptimizer]]:
     """A context manager for writing differentiable inner loops.
+
+    Every argument is checked here, before anything is copied. A
+    ``torch.compile``'d model is unwrapped (its ``_orig_mod`` runs uncompiled:
+    a compiled graph cannot take fast weights), with a warning.
 
     Args:
         model: the module to adapt.
@@ -57,6 +62,10 @@ def innerloop_ctx(
         >>> model.weight.grad.shape
         torch.Size([1, 4])
     """
+    model = check_module(model, "innerloop_ctx")
+    device = check_device(device, "innerloop_ctx")
+    copy_initial_weights = check_bool(copy_initial_weights, "innerloop_ctx(copy_initial_weights=...)")
+    track_higher_grads = check_bool(track_higher_grads, "innerloop_ctx(track_higher_grads=...)")
     diff_type = resolve_for(opt)  # fail before copying the model
     fmodel = monkeypatch(model, device=device, copy_initial_weights=copy_initial_weights,
                          track_higher_grads=track_higher_grads)
