@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from higher_core import errors, functional, optim, patch, utils
+from higher_core import errors, functional, implicit, optim, patch, utils
 from higher_core._context import innerloop_ctx
 from higher_core._plugins import hookimpl, plugin_host, register_plugin, unregister_plugin
 from higher_core._registry import register_optim, unregister_optim
@@ -30,6 +30,7 @@ __all__ = [
     "functional",
     "get_diff_optim",
     "hookimpl",
+    "implicit",
     "innerloop_ctx",
     "monkeypatch",
     "optim",
