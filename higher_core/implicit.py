@@ -40,6 +40,7 @@ Example (iMAML; ``meta_backward`` takes the place of ``outer_loss.backward()``):
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
@@ -95,15 +96,9 @@ def stationary(objective: Callable[[list[torch.Tensor], list[torch.Tensor]], tor
     return condition
 
 
-def meta_grad(
-    outer_loss: torch.Tensor,
-    solution: Iterable[torch.Tensor],
-    optimality_fn: OptimalityFn,
-    meta_params: Iterable[torch.Tensor],
-    *,
-    solver: Solver | None = None,
-    on_fail: Literal["warn", "raise"] = "warn",
-) -> tuple[tuple[torch.Tensor, ...], SolveResult]:
+def meta_grad(outer_loss: torch.Tensor, solution: Iterable[torch.Tensor], optimality_fn: OptimalityFn,
+              meta_params: Iterable[torch.Tensor], *, solver: Solver | None = None,
+              on_fail: Literal["warn", "raise"] = "warn") -> tuple[tuple[torch.Tensor, ...], SolveResult]:
     r"""The implicit meta-gradient :math:`dL/d\theta` of ``outer_loss`` at a solution of ``F(w, θ) = 0``.
 
     Args:
@@ -153,15 +148,9 @@ def meta_grad(
     return tuple(d - t for d, t in zip(direct[len(unknowns):], through_solution)), result
 
 
-def meta_backward(
-    outer_loss: torch.Tensor,
-    solution: Iterable[torch.Tensor],
-    optimality_fn: OptimalityFn,
-    meta_params: Iterable[torch.Tensor],
-    *,
-    solver: Solver | None = None,
-    on_fail: Literal["warn", "raise"] = "warn",
-) -> SolveResult:
+def meta_backward(outer_loss: torch.Tensor, solution: Iterable[torch.Tensor], optimality_fn: OptimalityFn,
+                  meta_params: Iterable[torch.Tensor], *, solver: Solver | None = None,
+                  on_fail: Literal["warn", "raise"] = "warn") -> SolveResult:
     """Accumulate the implicit meta-gradient into each meta-parameter's ``.grad``, as ``outer_loss.backward()`` would.
 
     The arguments are :func:`meta_grad`'s; a meta-parameter without a gradient gets zeros.
@@ -239,7 +228,10 @@ def _report(result: SolveResult, solver: Solver, on_fail: str) -> None:
                f"{getattr(solver, 'hint', 'raise its iteration limit or loosen its tolerance')}")
     if on_fail == "raise":
         raise ImplicitSolveError(message)
-    warnings.warn(message, ImplicitSolveWarning, stacklevel=3)
+    frame, level = sys._getframe(1), 2  # point the warning at the caller of this module's API
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ImplicitSolveWarning, stacklevel=level)
 
 
 def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,7 @@ def test_non_converging_solve_warns(ridge, kind):
     assert not result.converged and result.residual > 1e-12
     assert f"{result.residual:.2e}" in str(record[0].message)
     assert ("lower alpha" in str(record[0].message)) == (kind == "neumann")
+    assert record[0].filename == __file__  # the warning points at the caller, not at higher_core
 
 
 def test_non_converging_solve_raises(ridge):
