@@ -7,7 +7,7 @@ or implicitly (``track_higher_grads=False``, then ``higher_core.implicit.meta_ba
 with conjugate gradient). The peak is the resident set's high-water mark (VmHWM) minus
 the resident set before the meta-gradient (after a one-step warm-up run), as in
 ``benchmarks/run.py``; the implicit rows take the median of ``--repeats`` processes, since
-the allocator's jitter (~0.2 MiB) is a few percent of their small peak.
+VmHWM jitters by ~0.2 MiB between identical runs, a few percent of their small peak.
 
 Usage:  python benchmarks/implicit_memory.py [--steps 10,100,1000] [--width 256]
 """
@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="10,100,1000", help="inner-loop lengths, comma-separated")
     parser.add_argument("--width", type=int, default=256, help="hidden width of the 1-w-w-1 tanh MLP")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per implicit row (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="fresh processes per implicit row (median)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -91,7 +91,7 @@ def main() -> None:
     params = 3 * args.width + args.width * (args.width + 1) + 1
     print(f"# implicit vs unrolled meta-gradient memory: MLP 1-{args.width}-{args.width}-1 ({params} parameters, "
           f"float32), {POINTS} points, SGD inner loop, CG (tol 1e-6, <= 50 products), torch {torch.__version__}, "
-          f"1 thread; implicit: median of {args.repeats} processes (their allocator jitter is ~0.2 MiB), "
+          f"1 thread; implicit: median of {args.repeats} processes (VmHWM jitters by ~0.2 MiB between identical runs), "
           "unrolled: one")
     print("| inner steps | implicit peak | unrolled peak | unrolled / implicit | implicit time | unrolled time |")
     print("|---|---|---|---|---|---|")
