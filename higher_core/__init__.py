@@ -14,12 +14,13 @@ Example:
 
 from __future__ import annotations
 
-from higher_core import errors, functional, implicit, optim, patch, utils
+from higher_core import errors, functional, optim, patch, utils
 from higher_core._context import innerloop_ctx
 from higher_core._plugins import hookimpl, plugin_host, register_plugin, unregister_plugin
 from higher_core._registry import register_optim, unregister_optim
 from higher_core.optim import create_diff_optim, get_diff_optim
 from higher_core.patch import monkeypatch
+from higher_core import implicit  # (higher_core.implicit: implicit meta-gradients)
 
 __version__ = "0.1.0"
 
