@@ -21,6 +21,7 @@ from higher_core._plugins import hookimpl, plugin_host, register_plugin, unregis
 from higher_core._registry import register_optim, unregister_optim
 from higher_core.optim import create_diff_optim, get_diff_optim
 from higher_core.patch import monkeypatch
+from higher_core import implicit  # (higher_core.implicit: implicit meta-gradients)
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "functional",
     "get_diff_optim",
     "hookimpl",
+    "implicit",
     "innerloop_ctx",
     "monkeypatch",
     "optim",
