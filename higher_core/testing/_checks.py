@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.autograd.gradcheck import GradcheckError
 
 from higher_core.optim import get_diff_optim
-from higher_core.testing._problem import (  # noqa: F401 - re-exported for tests/test_cuda.py
+from higher_core.testing._problem import (  # noqa: F401 - _groups re-exported for tests/test_cuda.py
     NotApplicable,
     Problem,
     _compare,
@@ -112,7 +113,7 @@ def _gradcheck(function: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor
     check = torch.autograd.gradgradcheck if second_order else torch.autograd.gradcheck
     try:
         passed = check(function, inputs, **kwargs)
-    except torch.autograd.gradcheck.GradcheckError as exc:
+    except GradcheckError as exc:
         raise AssertionError(f"{check.__name__} w.r.t. {what}: {exc}") from exc
     assert passed, f"{check.__name__} w.r.t. {what}"
 
