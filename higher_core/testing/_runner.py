@@ -11,41 +11,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from higher_core.testing._checks import (
-    check_complex,
-    check_continue_from_reference,
-    check_finite_meta_gradients,
-    check_float32,
-    check_frozen_and_unused,
-    check_gradcheck,
-    check_hypergradients,
-    check_parity,
-)
+from higher_core.testing import _checks, _state_checks
 from higher_core.testing._problem import NotApplicable
-from higher_core.testing._state_checks import (
-    check_export_state,
-    check_group_statistics,
-    check_no_mutation,
-    check_truncate,
-)
 from higher_core.testing._table import CHECKS, ErrorOptimizerInput, OptimizerInfo, OptimizerInput
 from higher_core.testing._table_checks import check_error_input, check_implementation_flags, check_registered
 
 __all__ = ["CHECK_FUNCTIONS", "TABLE_CHECKS", "run_check", "conformance_cases", "conformance_tests"]
 
 CHECK_FUNCTIONS: dict[str, Callable[[OptimizerInfo, OptimizerInput], Any]] = {
-    "parity": check_parity,
-    "gradcheck": check_gradcheck,
-    "hypergradients": check_hypergradients,
-    "finite_meta_gradients": check_finite_meta_gradients,
-    "continue_from_reference": check_continue_from_reference,
-    "frozen_and_unused": check_frozen_and_unused,
-    "complex": check_complex,
-    "float32": check_float32,
-    "no_mutation": check_no_mutation,
-    "export_state": check_export_state,
-    "truncate": check_truncate,
-    "group_statistics": check_group_statistics,
+    "parity": _checks.check_parity,
+    "gradcheck": _checks.check_gradcheck,
+    "hypergradients": _checks.check_hypergradients,
+    "finite_meta_gradients": _checks.check_finite_meta_gradients,
+    "continue_from_reference": _checks.check_continue_from_reference,
+    "frozen_and_unused": _checks.check_frozen_and_unused,
+    "complex": _checks.check_complex,
+    "float32": _checks.check_float32,
+    "no_mutation": _state_checks.check_no_mutation,
+    "export_state": _state_checks.check_export_state,
+    "truncate": _state_checks.check_truncate,
+    "group_statistics": _state_checks.check_group_statistics,
 }
 """Row checks by name: each takes a table and one of its rows."""
 
