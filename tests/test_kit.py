@@ -1,14 +1,13 @@
 """The conformance kit catches what it claims to: toy optimizers with one deliberate defect each.
 
-``Toy`` is a reference with momentum and an ``eps`` whose logarithm scales the
-step (so a probe outside ``eps > 0`` gives ``nan``); ``ToyRule`` is its correct
+``Toy`` is a reference with momentum whose step adds ``relu(m) / (relu(m) + eps)``
+(``0 / 0`` at a probe ``eps = 0``, as Adam's ``m / (sqrt(v) + eps)`` at a zero gradient); ``ToyRule`` is its correct
 differentiable rule. Each variant of the rule breaks one thing, and the check
 that should catch it must fail with a message naming it.
 """
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from higher_core.testing import (
     NotApplicable,
     OptimizerInfo,
     OptimizerInput,
+    check_complex,
     check_error_input,
     check_hypergradients,
     check_implementation_flags,
@@ -37,7 +37,7 @@ from higher_core.testing import (
 
 
 class Toy(torch.optim.Optimizer):
-    """SGD with momentum whose step is scaled by ``1 + 0.01 log(eps / 1e-6)``."""
+    """SGD with momentum whose step adds ``relu(m) / (relu(m) + eps)``."""
 
     def __init__(self, params, lr=0.1, momentum=0.5, eps=1e-6, strict=False):
         if lr < 0:
@@ -49,14 +49,14 @@ class Toy(torch.optim.Optimizer):
         with torch.enable_grad():
             loss = closure() if closure is not None else None
         for group in self.param_groups:
-            scale = 1 + 0.01 * math.log(group["eps"] * 1e6)
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
                 buf = state.get("momentum_buffer", torch.zeros_like(p)) * group["momentum"] + p.grad
                 state["momentum_buffer"] = buf
-                p.sub_(group["lr"] * scale * buf)
+                pos = buf.clamp(min=0)
+                p.sub_(group["lr"] * (buf + pos / (pos + group["eps"])))
         return loss
 
 
@@ -84,9 +84,9 @@ class ToyRule(DifferentiableOptimizer):
         return {"momentum_buffer": torch.zeros_like(param)}
 
     def update_one(self, group, param, grad, state):
-        scale = 1 + 0.01 * torch.log(torch.as_tensor(group["eps"], dtype=param.dtype) * 1e6)
         buf = state["momentum_buffer"] * group["momentum"] + grad
-        return param - group["lr"] * scale * buf, {"momentum_buffer": buf}
+        pos = torch.relu(buf)
+        return param - group["lr"] * (buf + pos / (pos + group["eps"])), {"momentum_buffer": buf}
 
 
 class MutatingRule(ToyRule):
@@ -99,6 +99,10 @@ class MutatingRule(ToyRule):
 class NoInitState(ToyRule):
     def init_state(self, param, group):
         return {}
+
+
+class RefusesComplex(ToyRule):
+    complex_parameters = "refuse"
 
 
 class DetachedLr(ToyRule):
@@ -120,9 +124,15 @@ class _Plugin:
         return self.offered
 
 
+#: every plugin object made here stays alive: the host notices a change of plugins by their ids,
+#: which a new object could otherwise reuse
+_MADE: list[_Plugin] = []
+
+
 @contextmanager
 def plugged(rule, reference=Toy):
-    name = higher_core.register_plugin(_Plugin(reference, rule))
+    _MADE.append(_Plugin(reference, rule))
+    name = higher_core.register_plugin(_MADE[-1])
     try:
         yield
     finally:
@@ -157,12 +167,14 @@ def test_a_failure_names_the_row_the_check_and_the_hyperparameter():
 
 
 def test_the_hypergradient_probe_stays_inside_the_range():
-    # eps=1e-6 with gradcheck's absolute step would be probed at eps=0, where log(eps) is -inf
+    # gradcheck's central difference would probe eps=1e-6 at exactly 0, where relu(m) / (relu(m) + eps)
+    # is 0 / 0 for the entries with m <= 0
+    m = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+    with pytest.raises(GradcheckError, match=r"numerical:tensor\(\[\[nan"):
+        h = torch.tensor(1e-6, dtype=torch.float64, requires_grad=True)
+        torch.autograd.gradcheck(lambda e: (torch.relu(m) / (torch.relu(m) + e)).sum(), (h,))
     with plugged(ToyRule):
         assert check_hypergradients(INFO, ROW) == ["lr", "eps"]
-        with pytest.raises(GradcheckError, match=r"numerical:tensor\(\[\[inf"):
-            h = torch.tensor(1e-6, dtype=torch.float64, requires_grad=True)
-            torch.autograd.gradcheck(lambda e: torch.log(e * 1e6), (h,))
 
 
 def test_error_rows_are_checked_on_the_side_they_name():
@@ -178,6 +190,12 @@ def test_error_rows_are_checked_on_the_side_they_name():
             check_error_input(INFO, replace(refused, raised_by="differentiable"))
     with pytest.raises(ValueError, match="raised_by='torch'"):
         ErrorOptimizerInput({}, ValueError, "", "bad side", raised_by="torch")
+
+
+def test_a_declared_refusal_of_complex_parameters_is_checked():
+    # without the declaration the refusal is a failure (a ValueError from the first step)
+    with plugged(RefusesComplex):
+        check_complex(INFO, ROW)
 
 
 def test_a_check_that_does_not_apply_says_why():

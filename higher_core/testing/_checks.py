@@ -74,9 +74,23 @@ def check_continue_from_reference(info: OptimizerInfo, row: OptimizerInput,
 
 
 def check_complex(info: OptimizerInfo, row: OptimizerInput, device: torch.device | str | None = None) -> None:
-    """With complex128 parameters, parameters and state equal the reference's (as for parity)."""
+    """With complex128 parameters, parameters and state equal the reference's (as for parity).
+
+    A differentiable class that declares ``complex_parameters = "refuse"`` must
+    instead refuse them at its first step with a ``ValueError`` that says so.
+    """
     if row.kwargs.get("fused"):
         raise NotApplicable("torch's fused kernels do not take complex parameters")
+    problem = Problem(info.shapes, dtype=torch.complex128, device=device)
+    opt, ref_params = _reference(info, row, problem)
+    diffopt = get_diff_optim(opt, ref_params)
+    if getattr(type(diffopt), "complex_parameters", None) == "refuse":
+        try:
+            _diff_step(info, diffopt, problem, problem.leaves())
+        except ValueError as exc:
+            assert "complex" in str(exc), f"complex parameters refused without saying why: {exc}"
+            return
+        raise AssertionError('complex_parameters = "refuse", but a step with complex parameters was taken')
     _assert_same_trajectory(info, row, warmup=0, dtype=torch.complex128, device=device)
 
 
@@ -130,14 +144,30 @@ def check_gradcheck(info: OptimizerInfo, row: OptimizerInput, steps: int = 2,
         _gradcheck(unrolled, inputs, "the initial weights", second_order=True)
 
 
-def _probe_step(value: float) -> float:
-    """A finite-difference step that keeps ``value`` inside its range: at most 1% of a nonzero value.
+#: gradcheck's finite-difference step
+PROBE_STEP = 1e-6
 
-    ``value +- step`` keeps the sign of a nonzero value (a positive ``eps`` stays
-    positive) and stays below 1 for a value below 1 (``betas``); zero is probed
-    with the default step.
+
+def _one_sided_gradcheck(function: Callable[[torch.Tensor], torch.Tensor], value: float, what: str,
+                         device: torch.device, rtol: float = 1e-3, atol: float = 1e-5) -> None:
+    """The derivative at a small positive ``value`` against a one-sided finite difference.
+
+    ``gradcheck``'s central difference would probe ``value - PROBE_STEP <= 0``,
+    outside the range of a positive hyperparameter (``eps=1e-6`` becomes 0);
+    the second-order forward difference
+    :math:`(-3f(v) + 4f(v + h) - f(v + 2h)) / 2h` probes only above ``value``.
+    Tolerances are ``gradcheck``'s.
     """
-    return min(1e-6, abs(value) * 1e-2) if value != 0 else 1e-6
+    h = torch.tensor(value, dtype=torch.float64, device=device, requires_grad=True)
+    (grad,) = torch.autograd.grad(function(h), h, allow_unused=True)
+    analytical = 0.0 if grad is None else float(grad)
+    f0, f1, f2 = (float(function(torch.tensor(value + k * PROBE_STEP, dtype=torch.float64, device=device)).detach())
+                  for k in range(3))
+    numerical = (-3 * f0 + 4 * f1 - f2) / (2 * PROBE_STEP)
+    assert abs(analytical - numerical) <= atol + rtol * abs(numerical), (
+        f"gradcheck w.r.t. {what} (one-sided, above the value): numerical {numerical}, "
+        f"analytical {analytical}"
+    )
 
 
 def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 2,
@@ -146,9 +176,9 @@ def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 
 
     The hyperparameters are the row's, else the table's, else the
     ``tensor_hyperparameters`` of the class built from the prepared reference.
-    A tuple hyperparameter (``betas``) is checked entry by entry, with a
-    finite-difference step that keeps each value inside its range. Returns the
-    names checked.
+    A tuple hyperparameter (``betas``) is checked entry by entry. A positive
+    value within ``PROBE_STEP`` of zero (``eps=1e-6``) is probed on one side only,
+    so that the finite difference stays inside its range. Returns the names checked.
     """
     problem = Problem(info.shapes, device=device)
     unrolled, leaves = _unrolled(info, row, problem, steps)
@@ -171,8 +201,12 @@ def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 
 
             label = f"{name}[{k}]" if isinstance(value, tuple) else name
             number = float(values[k])
-            h = torch.tensor(number, dtype=torch.float64, device=problem.device, requires_grad=True)
-            _gradcheck(of_hyperparameter, (h,), f"hyperparameter {label}={number}", eps=_probe_step(number))
+            what = f"hyperparameter {label}={number}"
+            if 0 < number <= PROBE_STEP:
+                _one_sided_gradcheck(of_hyperparameter, number, what, problem.device)
+            else:
+                h = torch.tensor(number, dtype=torch.float64, device=problem.device, requires_grad=True)
+                _gradcheck(of_hyperparameter, (h,), what)
             checked.append(label)
     return checked
 
