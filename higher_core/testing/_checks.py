@@ -161,7 +161,9 @@ def _one_sided_gradcheck(function: Callable[[torch.Tensor], torch.Tensor], value
     h = torch.tensor(value, dtype=torch.float64, device=device, requires_grad=True)
     (grad,) = torch.autograd.grad(function(h), h, allow_unused=True)
     analytical = 0.0 if grad is None else float(grad)
-    f0, f1, f2 = (float(function(torch.tensor(value + k * PROBE_STEP, dtype=torch.float64, device=device)).detach())
+    # the probes require grad, as the value checked does: an override that requires grad is a learned one
+    f0, f1, f2 = (float(function(torch.tensor(value + k * PROBE_STEP, dtype=torch.float64, device=device,
+                                              requires_grad=True)).detach())
                   for k in range(3))
     numerical = (-3 * f0 + 4 * f1 - f2) / (2 * PROBE_STEP)
     assert abs(analytical - numerical) <= atol + rtol * abs(numerical), (
