@@ -148,6 +148,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _learned(value: Any) -> bool:
+    """A tensor that requires grad (or a tuple holding one): a hyperparameter being learned."""
+    if isinstance(value, tuple):
+        return any(_learned(v) for v in value)
+    return isinstance(value, torch.Tensor) and value.requires_grad
+
+
 def validate_with_reference(reference: type, groups: Sequence[Mapping[str, Any]],
                             base_groups: Sequence[Mapping[str, Any]], keys: Iterable[str],
                             optimizer_name: str) -> None:
@@ -156,7 +163,9 @@ def validate_with_reference(reference: type, groups: Sequence[Mapping[str, Any]]
     Builds ``reference`` on a dummy parameter with each group's values (tensors
     read as numbers) for the constructor arguments that are group keys, so that
     every plugin gets ``torch.optim``'s validation (negative ``lr``, ``betas``
-    outside ``[0, 1)``) without writing it. A constructor that fails for another
+    outside ``[0, 1)``) without writing it. Values that require grad (learned
+    hyperparameters, and the finite-difference probes of their gradients) are
+    not checked: the reference sees the group's own value there. A constructor that fails for another
     reason than a ``ValueError`` (one that needs more than a parameter list) is
     not used.
     """
@@ -171,18 +180,19 @@ def validate_with_reference(reference: type, groups: Sequence[Mapping[str, Any]]
         return
     dummy = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
 
-    def build(group: Mapping[str, Any]) -> None:
-        kwargs = {k: _plain(v) for k, v in group.items() if k in accepted and k not in ("params", "self")}
+    def build(group: Mapping[str, Any], base: Mapping[str, Any]) -> None:
+        kwargs = {k: _plain(base[k] if _learned(v) else v)
+                  for k, v in group.items() if k in accepted and k not in ("params", "self")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             reference([dummy], **kwargs)
 
     for index, (group, base) in enumerate(zip(groups, base_groups)):
         try:
-            build(group)
+            build(group, base)
         except ValueError as error:
             try:
-                build(base)
+                build(base, base)
             except Exception:  # noqa: BLE001 - the constructor cannot be probed this way
                 return
             names = ", ".join(sorted(keys))
