@@ -214,3 +214,23 @@ def validate_with_reference(reference: type, groups: Sequence[Mapping[str, Any]]
             f"override of {', '.join(sorted(keys))} for param group {index}: {optimizer_name} refuses "
             f"these values: {refusal}"
         )
+
+
+def trainable_value(value: Any, device: torch.device | str | None, dtype: torch.dtype | None) -> Any:
+    """A hyperparameter as a leaf tensor (or tuple of them) that requires grad."""
+    if isinstance(value, tuple):
+        return tuple(trainable_value(v, device, dtype) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device=device, dtype=dtype, copy=True).requires_grad_()
+    return torch.tensor(float(value), device=device, dtype=dtype, requires_grad=True)
+
+
+def plain_value(learned: Any, current: Any) -> Any:
+    """A learned override value converted back to the kind of value ``current`` is."""
+    if isinstance(current, tuple):
+        items: Iterable[Any] = learned.unbind() if isinstance(learned, torch.Tensor) else learned
+        return tuple(plain_value(v, c) for v, c in zip(items, current))
+    if isinstance(current, torch.Tensor):
+        return torch.as_tensor(learned).detach().to(device=current.device, dtype=current.dtype).clone()
+    value = learned.item() if isinstance(learned, torch.Tensor) else learned
+    return float(value) if isinstance(current, numbers.Real) and not isinstance(current, bool) else value
