@@ -70,12 +70,11 @@ class DifferentiableASGD(DifferentiableOptimizer):
     def export_param_state(self, state: Mapping[str, Any], param: torch.Tensor) -> dict[str, Any]:
         """torch's state: ``eta`` and ``mu`` back as 0-d tensors of torch's scalar dtype."""
         exported = super().export_param_state(state, param)
-        dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
         for key in _SCALARS:
             if key in exported:
                 value = exported[key]
                 number = value.detach().item() if isinstance(value, torch.Tensor) else value
-                exported[key] = torch.tensor(number, dtype=dtype, device=param.device)
+                exported[key] = torch.tensor(number, dtype=scalar_dtype(), device=param.device)
         return exported
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
