@@ -136,7 +136,10 @@ def test_meta_gradients_on_cuda(info, row, check):
 @pytest.mark.parametrize("info", OPTIMIZERS)
 def test_implementation_flags_on_cuda(info):
     # fused and capturable are accepted by more references on CUDA than on the CPU
-    checked = check_implementation_flags(info, device=CUDA)
+    try:
+        checked = check_implementation_flags(info, device=CUDA)
+    except NotApplicable as reason:
+        pytest.skip(str(reason))
     print(f"{info.name}: flags checked on CUDA: {', '.join(checked) or 'none accepted'}")
 
 

@@ -3,18 +3,26 @@
 Modelled on ``torch.optim``'s ``OptimizerInfo``: a plugin declares, for each
 optimizer it provides, the option combinations to check
 (:class:`OptimizerInput`) and the inputs that must be refused
-(:class:`ErrorOptimizerInput`). The shared suite reads the table.
+(:class:`ErrorOptimizerInput`, saying which side refuses them). The shared
+suite reads the table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-__all__ = ["OptimizerInput", "ErrorOptimizerInput", "OptimizerInfo", "DEFAULT_SHAPES", "CHECKS"]
+__all__ = [
+    "OptimizerInput",
+    "ErrorOptimizerInput",
+    "OptimizerInfo",
+    "DEFAULT_SHAPES",
+    "CHECKS",
+    "common_error_inputs",
+]
 
 DEFAULT_SHAPES: tuple[tuple[int, ...], ...] = ((3, 2), (2,), (2, 2))
 """Parameter shapes of the test problem: all but the last form group 0, the last group 1."""
@@ -28,6 +36,10 @@ CHECKS = (
     "frozen_and_unused",
     "complex",
     "float32",
+    "no_mutation",
+    "export_state",
+    "truncate",
+    "group_statistics",
 )
 """The checks run for every :class:`OptimizerInput` row."""
 
@@ -51,14 +63,25 @@ class OptimizerInput:
 class ErrorOptimizerInput:
     """Constructor kwargs that must be refused with ``error_type`` matching ``error_regex``.
 
-    The refusal may come from the reference constructor or from building the
-    differentiable optimizer (an option it cannot honour).
+    ``raised_by`` says which side must refuse them: ``"reference"`` (the
+    reference constructor refuses them; the kit checks that it does) or
+    ``"differentiable"`` (the reference accepts them, an option this plugin
+    cannot honour; the kit checks that the reference accepts them and that
+    building the differentiable optimizer, or its first step, refuses them).
     """
 
     kwargs: Mapping[str, Any]
     error_type: type[Exception]
     error_regex: str
     desc: str
+    raised_by: Literal["reference", "differentiable"] = "reference"
+
+    def __post_init__(self) -> None:
+        if self.raised_by not in ("reference", "differentiable"):
+            raise ValueError(
+                f"ErrorOptimizerInput({self.desc!r}): raised_by={self.raised_by!r}; use \"reference\" "
+                "(the reference constructor refuses it) or \"differentiable\" (the plugin refuses it)"
+            )
 
 
 @dataclass(frozen=True)
@@ -90,6 +113,10 @@ class OptimizerInfo:
             rectification).
         single_group: the reference supports one param group only (LBFGS); the
             problem's parameters then form one group.
+        prepare: called with every reference optimizer the kit constructs, before
+            its first step (``lambda opt: opt.train()`` for schedule-free optimizers).
+        differentiable: the differentiable class the plugin registers for
+            ``reference``; ``check_registered`` checks that lookups resolve to it.
     """
 
     reference: type[torch.optim.Optimizer]
@@ -106,7 +133,47 @@ class OptimizerInfo:
     steps: int = 10
     gradcheck_warmup: int = 0
     single_group: bool = False
+    prepare: Callable[[torch.optim.Optimizer], Any] | None = None
+    differentiable: type | None = None
 
     @property
     def name(self) -> str:
         return self.reference.__name__
+
+
+def common_error_inputs(lr: float = 0.01, *, betas: bool = True, eps: bool = True,
+                        weight_decay: bool = True, tensor_lr: bool = True) -> list[ErrorOptimizerInput]:
+    """The bad inputs every ``torch.optim`` optimizer of the Adam family refuses, with torch's messages.
+
+    Each row is refused by the reference constructor (``raised_by="reference"``).
+
+    Args:
+        lr: the learning rate of the rows that test another argument.
+        betas, eps, weight_decay, tensor_lr: include the rows for ``betas``
+            (``beta1=1``, ``beta2<0``), a negative ``eps``, a negative
+            ``weight_decay`` and a tensor ``lr`` of two elements.
+
+    Returns:
+        The rows, to put in a table's ``error_inputs`` (add the optimizer's own).
+
+    Example:
+        >>> [row.desc for row in common_error_inputs(betas=False, tensor_lr=False)]
+        ['negative lr', 'negative eps', 'negative decay']
+    """
+    rows = [ErrorOptimizerInput({"lr": -lr}, ValueError, "Invalid learning rate", "negative lr")]
+    if betas:
+        rows += [
+            ErrorOptimizerInput({"lr": lr, "betas": (1.0, 0.9)}, ValueError, "Invalid beta parameter at index 0",
+                                "beta1=1"),
+            ErrorOptimizerInput({"lr": lr, "betas": (0.9, -0.1)}, ValueError, "Invalid beta parameter at index 1",
+                                "beta2<0"),
+        ]
+    if eps:
+        rows.append(ErrorOptimizerInput({"lr": lr, "eps": -1e-8}, ValueError, "Invalid epsilon", "negative eps"))
+    if weight_decay:
+        rows.append(ErrorOptimizerInput({"lr": lr, "weight_decay": -0.1}, ValueError, "Invalid weight_decay",
+                                        "negative decay"))
+    if tensor_lr:
+        rows.append(ErrorOptimizerInput({"lr": torch.tensor([lr, 2 * lr])}, ValueError,
+                                        "Tensor lr must be 1-element", "tensor lr of 2 elements"))
+    return rows

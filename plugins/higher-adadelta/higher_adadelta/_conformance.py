@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_adadelta._adadelta import DifferentiableAdadelta
 
 # eps sits under a square root whose other term starts at 0 (sqrt(acc_delta + eps) with
 # acc_delta = 0 at the first step), so the loss is as curved in eps as sqrt is at eps: the
@@ -15,6 +16,7 @@ EPS = 1e-4
 
 ADADELTA_INFO = OptimizerInfo(
     reference=torch.optim.Adadelta,
+    differentiable=DifferentiableAdadelta,
     inputs=[
         OptimizerInput({"lr": 1.0, "eps": EPS}, "lr"),
         OptimizerInput({"lr": 0.5, "rho": 0.5, "eps": EPS}, "rho"),
@@ -31,13 +33,13 @@ ADADELTA_INFO = OptimizerInfo(
         OptimizerInput({"lr": torch.tensor(0.7), "eps": EPS}, "tensor-lr"),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -1.0}, ValueError, "Invalid learning rate", "negative lr"),
+        ErrorOptimizerInput({"lr": -1.0}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
         ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, ValueError, "Tensor lr must be 1-element",
-                            "lr tensor of two elements"),
-        ErrorOptimizerInput({"lr": 1.0, "rho": 1.5}, ValueError, "Invalid rho value", "rho>1"),
-        ErrorOptimizerInput({"lr": 1.0, "rho": -0.1}, ValueError, "Invalid rho value", "rho<0"),
-        ErrorOptimizerInput({"lr": 1.0, "eps": -1e-6}, ValueError, "Invalid epsilon", "negative eps"),
+                            "lr tensor of two elements", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 1.0, "rho": 1.5}, ValueError, "Invalid rho value", "rho>1", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 1.0, "rho": -0.1}, ValueError, "Invalid rho value", "rho<0", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 1.0, "eps": -1e-6}, ValueError, "Invalid epsilon", "negative eps", raised_by="reference"),
         ErrorOptimizerInput({"lr": 1.0, "weight_decay": -0.1}, ValueError, "Invalid weight_decay",
-                            "negative weight_decay"),
+                            "negative weight_decay", raised_by="reference"),
     ],
 )

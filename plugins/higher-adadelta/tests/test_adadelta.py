@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from higher_adadelta import DifferentiableAdadelta
 
 import higher_core
 from higher_core.testing import Problem
@@ -16,14 +15,6 @@ def _run(problem, opt, params, steps):
     for _ in range(steps):
         fast = diffopt.step(problem.loss(fast), params=fast)
     return initial, fast, diffopt
-
-
-def test_entry_point_discovered():
-    params = Problem(((2,),)).leaves()
-    opt = torch.optim.Adadelta(params)
-    assert higher_core.optim.DifferentiableAdadelta is DifferentiableAdadelta
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableAdadelta
-
 
 
 def test_eps_zero_meta_gradient_is_finite():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_adafactor._adafactor import DifferentiableAdafactor
 
 ADAFACTOR_INFO = OptimizerInfo(
     reference=torch.optim.Adafactor,
+    differentiable=DifferentiableAdafactor,
     inputs=[
         OptimizerInput({"lr": 0.01}, "default"),
         OptimizerInput({"lr": 0.6}, "relative-step"),
@@ -26,13 +28,13 @@ ADAFACTOR_INFO = OptimizerInfo(
         OptimizerInput({"lr": 0.02, "weight_decay": 0.1, "foreach": True}, "foreach"),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Learning rate should be >= 0", "negative lr"),
-        ErrorOptimizerInput({"beta2_decay": 0.5}, ValueError, "beta2_decay should be <= 0", "positive beta2_decay"),
-        ErrorOptimizerInput({"eps": (-1.0, 1e-3)}, ValueError, "epsilon1 should be >= 0", "negative eps1"),
-        ErrorOptimizerInput({"eps": (None, -1.0)}, ValueError, "epsilon2 should be >= 0", "negative eps2"),
-        ErrorOptimizerInput({"d": 0.5}, ValueError, "Clipping threshold d should be >= 1", "d<1"),
-        ErrorOptimizerInput({"weight_decay": -0.1}, ValueError, "weight_decay should be >= 0", "negative decay"),
-        ErrorOptimizerInput({"eps": (None, 1e-3, 0.0)}, ValueError, "eps must be a pair", "eps of 3 entries"),
+        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Learning rate should be >= 0", "negative lr", raised_by="reference"),
+        ErrorOptimizerInput({"beta2_decay": 0.5}, ValueError, "beta2_decay should be <= 0", "positive beta2_decay", raised_by="reference"),
+        ErrorOptimizerInput({"eps": (-1.0, 1e-3)}, ValueError, "epsilon1 should be >= 0", "negative eps1", raised_by="reference"),
+        ErrorOptimizerInput({"eps": (None, -1.0)}, ValueError, "epsilon2 should be >= 0", "negative eps2", raised_by="reference"),
+        ErrorOptimizerInput({"d": 0.5}, ValueError, "Clipping threshold d should be >= 1", "d<1", raised_by="reference"),
+        ErrorOptimizerInput({"weight_decay": -0.1}, ValueError, "weight_decay should be >= 0", "negative decay", raised_by="reference"),
+        ErrorOptimizerInput({"eps": (None, 1e-3, 0.0)}, ValueError, "eps must be a pair", "eps of 3 entries", raised_by="differentiable"),
     ],
     # Two tensor hyperparameters are checked in tests/test_adafactor.py instead:
     # eps, whose default eps1 is None (the suite cannot make a tensor of it), and d,

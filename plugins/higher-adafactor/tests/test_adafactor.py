@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from higher_adafactor import DifferentiableAdafactor
 
 import higher_core
 from higher_core.testing import Problem
@@ -27,13 +26,6 @@ def _torch_steps(problem, opt, params, steps):
         opt.zero_grad()
         problem.loss(params).backward()
         opt.step()
-
-
-def test_entry_point_discovered():
-    params = Problem(((2,),)).leaves()
-    opt = torch.optim.Adafactor(params)
-    assert higher_core.optim.DifferentiableAdafactor is DifferentiableAdafactor
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableAdafactor
 
 
 def test_factored_state_shapes_match_torch():

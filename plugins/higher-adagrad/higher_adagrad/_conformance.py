@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_adagrad._adagrad import DifferentiableAdagrad
 
 ADAGRAD_INFO = OptimizerInfo(
     reference=torch.optim.Adagrad,
+    differentiable=DifferentiableAdagrad,
     inputs=[
         OptimizerInput({"lr": 0.1}, "default"),
         OptimizerInput({"lr": 0.1, "lr_decay": 0.3}, "lr_decay"),
@@ -30,18 +32,18 @@ ADAGRAD_INFO = OptimizerInfo(
         OptimizerInput({"lr": torch.tensor(0.1), "lr_decay": 0.1}, "tensor-lr"),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -0.1}, ValueError, "Invalid learning rate", "negative lr"),
+        ErrorOptimizerInput({"lr": -0.1}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
         ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, ValueError, "Tensor lr must be 1-element",
-                            "lr tensor of two elements"),
-        ErrorOptimizerInput({"lr": 0.1, "lr_decay": -0.1}, ValueError, "Invalid lr_decay", "negative lr_decay"),
+                            "lr tensor of two elements", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.1, "lr_decay": -0.1}, ValueError, "Invalid lr_decay", "negative lr_decay", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.1, "weight_decay": -0.1}, ValueError, "Invalid weight_decay",
-                            "negative weight_decay"),
+                            "negative weight_decay", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.1, "initial_accumulator_value": -0.1}, ValueError,
-                            "Invalid initial_accumulator_value", "negative initial_accumulator_value"),
-        ErrorOptimizerInput({"lr": 0.1, "eps": -1e-10}, ValueError, "Invalid epsilon", "negative eps"),
+                            "Invalid initial_accumulator_value", "negative initial_accumulator_value", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.1, "eps": -1e-10}, ValueError, "Invalid epsilon", "negative eps", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.1, "fused": True, "foreach": True}, RuntimeError,
-                            "`fused` and `foreach` cannot be `True` together", "fused+foreach"),
+                            "`fused` and `foreach` cannot be `True` together", "fused+foreach", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.1, "fused": True, "differentiable": True}, RuntimeError,
-                            "`fused` does not support `differentiable`", "fused+differentiable"),
+                            "`fused` does not support `differentiable`", "fused+differentiable", raised_by="reference"),
     ],
 )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from higher_adagrad import DifferentiableAdagrad
 
 import higher_core
 from higher_core.testing import Problem
@@ -20,12 +19,6 @@ def _torch_step(opt, params, problem):
     opt.zero_grad()
     problem.loss(params).backward()
     opt.step()
-
-
-def test_entry_point_discovered():
-    assert higher_core.optim.DifferentiableAdagrad is DifferentiableAdagrad
-    _, params, opt = _problem_and_opt(lr=0.1)
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableAdagrad
 
 
 def test_constructor_state_is_recreated_identically():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput, common_error_inputs
+from higher_adam._adam import DifferentiableAdam
 
 ADAM_INFO = OptimizerInfo(
     reference=torch.optim.Adam,
+    differentiable=DifferentiableAdam,
     inputs=[
         OptimizerInput({"lr": 0.01}, "default"),
         OptimizerInput({"lr": 0.02, "betas": (0.8, 0.9), "eps": 1e-6}, "betas+eps"),
@@ -25,9 +27,6 @@ ADAM_INFO = OptimizerInfo(
         OptimizerInput({"lr": 0.01, "differentiable": True}, "differentiable-flag"),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Invalid learning rate", "negative lr"),
-        ErrorOptimizerInput({"lr": 0.01, "betas": (1.0, 0.9)}, ValueError, "Invalid beta parameter at index 0", "beta1=1"),
-        ErrorOptimizerInput({"lr": 0.01, "betas": (0.9, -0.1)}, ValueError, "Invalid beta parameter at index 1", "beta2<0"),
-        ErrorOptimizerInput({"lr": 0.01, "eps": -1e-8}, ValueError, "Invalid epsilon", "negative eps"),
+        *common_error_inputs(),
     ],
 )

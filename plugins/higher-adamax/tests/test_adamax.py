@@ -1,23 +1,15 @@
-"""higher-adamax: discovery, the infinity norm, zero gradients and complex parameters."""
+"""higher-adamax: the infinity norm, zero gradients and complex parameters."""
 
 from __future__ import annotations
 
 import torch
 
 import higher_core
-from higher_adamax import DifferentiableAdamax
 from higher_core.testing import Problem
 
 
 def _problem() -> Problem:
     return Problem(((3, 2), (2,), (2, 2)), seed=1)
-
-
-def test_entry_point_is_discovered() -> None:
-    assert higher_core.optim.DifferentiableAdamax is DifferentiableAdamax
-    params = _problem().leaves()
-    opt = torch.optim.Adamax(params, lr=0.01)
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableAdamax
 
 
 def test_infinity_norm_matches_torch_and_holds_the_max() -> None:

@@ -1,4 +1,4 @@
-"""higher-adamw: discovery, decoupled weight decay, and no subclass warning."""
+"""higher-adamw: decoupled weight decay, and no subclass warning."""
 
 from __future__ import annotations
 
@@ -15,13 +15,6 @@ from higher_core.testing import Problem
 
 def _problem() -> Problem:
     return Problem(((3, 2), (2,), (2, 2)), seed=1)
-
-
-def test_entry_point_is_discovered() -> None:
-    assert higher_core.optim.DifferentiableAdamW is DifferentiableAdamW
-    params = _problem().leaves()
-    opt = torch.optim.AdamW(params, lr=0.01)
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableAdamW
 
 
 def test_adamw_subclasses_adam_in_installed_torch() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled, is_zero
+from higher_core.functional import add_scaled, is_zero, scalar_dtype
 from higher_core.optim import DifferentiableOptimizer, State
 
 _SCALARS = ("eta", "mu")
@@ -21,8 +21,7 @@ def _stored(value: Any) -> Any:
         if value.requires_grad:
             return value
         value = value.item()
-    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-    return torch.tensor(value, dtype=dtype).item()
+    return torch.tensor(value, dtype=scalar_dtype()).item()
 
 
 def _next_eta(lr: Any, lambd: Any, alpha: Any, step: float) -> Any:
@@ -67,7 +66,8 @@ class DifferentiableASGD(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
-    complex_as_real = True
+    complex_parameters = "real_view"
+    scope = "element"
 
     tensor_hyperparameters = ("lr", "lambd", "alpha", "t0", "weight_decay")
 
@@ -78,6 +78,16 @@ class DifferentiableASGD(DifferentiableOptimizer):
             if isinstance(value, torch.Tensor) and value.numel() == 1:
                 imported[key] = value.item()
         return imported
+
+    def export_param_state(self, state: Mapping[str, Any], param: torch.Tensor) -> dict[str, Any]:
+        """torch's state: ``eta`` and ``mu`` back as 0-d tensors of torch's scalar dtype."""
+        exported = super().export_param_state(state, param)
+        for key in _SCALARS:
+            if key in exported:
+                value = exported[key]
+                number = value.detach().item() if isinstance(value, torch.Tensor) else value
+                exported[key] = torch.tensor(number, dtype=scalar_dtype(), device=param.device)
+        return exported
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
         return {

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_asgd._asgd import DifferentiableASGD
 
 ASGD_INFO = OptimizerInfo(
     reference=torch.optim.ASGD,
+    differentiable=DifferentiableASGD,
     inputs=[
         OptimizerInput({"lr": 0.05}, "default"),
         OptimizerInput({"lr": 0.05, "lambd": 0.5}, "lambd"),
@@ -30,10 +32,10 @@ ASGD_INFO = OptimizerInfo(
         OptimizerInput({"lr": torch.tensor(0.05), "lambd": 0.3, "t0": 2.0}, "tensor-lr"),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -0.05}, ValueError, "Invalid learning rate", "negative lr"),
+        ErrorOptimizerInput({"lr": -0.05}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
         ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, ValueError, "Tensor lr must be 1-element",
-                            "lr tensor of two elements"),
+                            "lr tensor of two elements", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.05, "weight_decay": -0.1}, ValueError, "Invalid weight_decay",
-                            "negative weight_decay"),
+                            "negative weight_decay", raised_by="reference"),
     ],
 )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from higher_asgd import DifferentiableASGD
 
 import higher_core
 from higher_core.testing import Problem
@@ -27,13 +26,6 @@ def _unroll(diffopt, problem, steps):
     for _ in range(steps):
         fast = diffopt.step(problem.loss(fast), params=fast)
     return fast
-
-
-def test_entry_point_discovered():
-    params = Problem(((2,),)).leaves()
-    opt = torch.optim.ASGD(params)
-    assert higher_core.optim.DifferentiableASGD is DifferentiableASGD
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableASGD
 
 
 def test_average_matches_torch_once_averaging_started():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_lbfgs._lbfgs import DifferentiableLBFGS
 
 LBFGS_INFO = OptimizerInfo(
     reference=torch.optim.LBFGS,
+    differentiable=DifferentiableLBFGS,
     inputs=[
         OptimizerInput({}, "default"),
         OptimizerInput({"lr": 0.5, "max_iter": 4}, "lr+max_iter"),
@@ -27,14 +29,14 @@ LBFGS_INFO = OptimizerInfo(
         ),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -1.0}, ValueError, "Invalid learning rate", "negative lr"),
+        ErrorOptimizerInput({"lr": -1.0}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
         ErrorOptimizerInput({"lr": torch.tensor([1.0, 2.0])}, ValueError, "Tensor lr must be 1-element",
-                            "tensor lr of 2 elements"),
+                            "tensor lr of 2 elements", raised_by="reference"),
         ErrorOptimizerInput({"line_search_fn": "armijo"}, ValueError, "line_search_fn must be None or 'strong_wolfe'",
-                            "unknown line_search_fn"),
+                            "unknown line_search_fn", raised_by="differentiable"),
         ErrorOptimizerInput({"line_search_fn": "strong_wolfe", "max_eval": 0}, ValueError,
-                            "max_eval must be at least 1", "strong_wolfe with max_eval=0"),
-        ErrorOptimizerInput({"history_size": 0}, ValueError, "history_size must be at least 1", "history_size=0"),
+                            "max_eval must be at least 1", "strong_wolfe with max_eval=0", raised_by="differentiable"),
+        ErrorOptimizerInput({"history_size": 0}, ValueError, "history_size must be at least 1", "history_size=0", raised_by="differentiable"),
     ],
     closure=True,
     single_group=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from higher_lbfgs import DifferentiableLBFGS
 from higher_lbfgs._line_search import strong_wolfe
 from torch.optim.lbfgs import _strong_wolfe
 
@@ -67,13 +66,6 @@ def _assert_same_state(ours, theirs):
                 assert a.item() == b, key
             else:
                 assert a == b, key
-
-
-def test_entry_point_discovered():
-    params = Problem(((2,),)).leaves()
-    opt = torch.optim.LBFGS(params)
-    assert higher_core.optim.DifferentiableLBFGS is DifferentiableLBFGS
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableLBFGS
 
 
 @pytest.mark.parametrize(("dtype", "loss_dtype"), DTYPES, ids=DTYPE_IDS)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import lion_pytorch
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_lion._lion import DifferentiableLion
 
 # lion_pytorch validates with bare ``assert`` statements: an AssertionError with no message.
 # use_triton=True cannot be a row here: without triton installed lion_pytorch calls exit()
 # while constructing; tests/test_lion.py checks its refusal with a stand-in kernel module.
 LION_INFO = OptimizerInfo(
     reference=lion_pytorch.Lion,
+    differentiable=DifferentiableLion,
     inputs=[
         OptimizerInput({"lr": 0.01}, "default"),
         OptimizerInput({"lr": 0.02, "betas": (0.8, 0.95)}, "betas"),
@@ -23,8 +25,8 @@ LION_INFO = OptimizerInfo(
         ),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": 0.0}, AssertionError, "^$", "lr=0"),
-        ErrorOptimizerInput({"lr": 0.01, "betas": (1.5, 0.99)}, AssertionError, "^$", "beta1>1"),
-        ErrorOptimizerInput({"lr": 0.01, "betas": (0.9, -0.1)}, AssertionError, "^$", "beta2<0"),
+        ErrorOptimizerInput({"lr": 0.0}, AssertionError, "^$", "lr=0", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.01, "betas": (1.5, 0.99)}, AssertionError, "^$", "beta1>1", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.01, "betas": (0.9, -0.1)}, AssertionError, "^$", "beta2<0", raised_by="reference"),
     ],
 )

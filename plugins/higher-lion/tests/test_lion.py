@@ -1,8 +1,7 @@
-"""higher-lion: discovery, the conformance kit, and the options the kit cannot reach."""
+"""higher-lion: the options the conformance kit (tests/test_conformance.py) cannot reach."""
 
 from __future__ import annotations
 
-import doctest
 import sys
 import types
 
@@ -12,9 +11,7 @@ import pytest
 import torch
 
 import higher_core
-from higher_core.testing import Problem, run_conformance
-from higher_lion import DifferentiableLion
-from higher_lion._conformance import LION_INFO
+from higher_core.testing import Problem
 
 SHAPES = ((3, 2), (2,), (2, 2))
 
@@ -23,23 +20,6 @@ def _torch_step(opt, ref, problem):
     opt.zero_grad()
     problem.loss(ref).backward()
     opt.step()
-
-
-def test_entry_point_is_discovered():
-    p = torch.zeros(2, requires_grad=True)
-    assert type(higher_core.get_diff_optim(lion_pytorch.Lion([p]), [p])) is DifferentiableLion
-
-
-
-def test_docstring_example_runs():
-    import higher_lion._lion as module
-
-    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
-
-
-def test_conformance_kit():
-    result = run_conformance(LION_INFO)
-    assert result["rows"] == len(LION_INFO.inputs)
 
 
 def test_use_triton_is_refused(monkeypatch):

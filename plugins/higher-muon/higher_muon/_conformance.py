@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_muon._muon import DifferentiableMuon
 
 _BFLOAT16 = (
     "torch.optim.Muon orthogonalises in bfloat16, so the update is piecewise constant at "
@@ -13,6 +14,7 @@ _BFLOAT16 = (
 
 MUON_INFO = OptimizerInfo(
     reference=torch.optim.Muon,
+    differentiable=DifferentiableMuon,
     inputs=[
         OptimizerInput({"lr": 0.02}, "default"),
         OptimizerInput({"lr": 0.02, "nesterov": False}, "no-nesterov"),
@@ -37,13 +39,13 @@ MUON_INFO = OptimizerInfo(
         ),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Learning rate should be >= 0", "negative lr"),
-        ErrorOptimizerInput({"momentum": -0.1}, ValueError, "momentum should be >= 0", "negative momentum"),
-        ErrorOptimizerInput({"weight_decay": -0.1}, ValueError, "weight decay should be >= 0", "negative decay"),
-        ErrorOptimizerInput({"adjust_lr_fn": "sqrt"}, ValueError, "Adjust learning rate function sqrt", "bad adjust_lr_fn"),
-        ErrorOptimizerInput({"ns_steps": 100}, ValueError, "ns_steps must be less than 100", "ns_steps=100"),
+        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Learning rate should be >= 0", "negative lr", raised_by="reference"),
+        ErrorOptimizerInput({"momentum": -0.1}, ValueError, "momentum should be >= 0", "negative momentum", raised_by="reference"),
+        ErrorOptimizerInput({"weight_decay": -0.1}, ValueError, "weight decay should be >= 0", "negative decay", raised_by="reference"),
+        ErrorOptimizerInput({"adjust_lr_fn": "sqrt"}, ValueError, "Adjust learning rate function sqrt", "bad adjust_lr_fn", raised_by="reference"),
+        ErrorOptimizerInput({"ns_steps": 100}, ValueError, "ns_steps must be less than 100", "ns_steps=100", raised_by="differentiable"),
         ErrorOptimizerInput({"ns_coefficients": (3.0, -3.0)}, ValueError, "ns_coefficients must be exactly 3",
-                            "2 ns_coefficients"),
+                            "2 ns_coefficients", raised_by="differentiable"),
     ],
     shapes=((3, 2), (2, 3), (2, 2)),
     skips={

@@ -34,13 +34,6 @@ def _groups(params):
     return [{"params": params[:-1]}, {"params": params[-1:], "lr": 0.01}]
 
 
-def test_entry_point_discovered():
-    params = Problem(((2, 2),)).leaves()
-    opt = torch.optim.Muon(params)
-    assert higher_core.optim.DifferentiableMuon is DifferentiableMuon
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableMuon
-
-
 @pytest.mark.parametrize("options", OPTIONS)
 def test_full_precision_gradcheck_and_gradgradcheck(options):
     problem = Problem(SHAPES)

@@ -1,4 +1,4 @@
-"""higher-nadam: discovery, mu_product continuing from torch, zero gradients, complex parameters."""
+"""higher-nadam: mu_product continuing from torch, zero gradients, complex parameters."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import torch
 
 import higher_core
 from higher_core.testing import Problem
-from higher_nadam import DifferentiableNAdam
 
 
 def _problem() -> Problem:
@@ -18,13 +17,6 @@ def _torch_steps(opt: torch.optim.Optimizer, params: list[torch.Tensor], problem
         opt.zero_grad()
         problem.loss(params).backward()
         opt.step()
-
-
-def test_entry_point_is_discovered() -> None:
-    assert higher_core.optim.DifferentiableNAdam is DifferentiableNAdam
-    params = _problem().leaves()
-    opt = torch.optim.NAdam(params, lr=0.01)
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableNAdam
 
 
 def test_mu_product_continues_from_imported_torch_state() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import prodigyopt
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_prodigy._prodigy import DifferentiableProdigy
 
 # prodigyopt accepts different lr values across param groups only for lr=0, so every row
 # names its second group (the kit's default halves lr there). The second group's betas,
@@ -17,6 +18,7 @@ _SKIPS = {"complex": "prodigyopt.Prodigy fails on complex parameters (TypeError 
 
 PRODIGY_INFO = OptimizerInfo(
     reference=prodigyopt.Prodigy,
+    differentiable=DifferentiableProdigy,
     inputs=[
         # d0's default (1e-6) moves the weights by ~1e-6 per step: finite differences with
         # gradcheck's eps=1e-6 cannot resolve second derivatives then (tests/test_prodigy.py
@@ -44,13 +46,13 @@ PRODIGY_INFO = OptimizerInfo(
                        hyperparameters=("lr", "eps", "weight_decay", "d_coef")),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"d0": 0.0}, ValueError, "Invalid d0 value", "d0=0"),
-        ErrorOptimizerInput({"lr": -1.0}, ValueError, "Invalid learning rate", "negative lr"),
-        ErrorOptimizerInput({"eps": 0.0}, ValueError, "Invalid epsilon value", "eps=0"),
-        ErrorOptimizerInput({"betas": (1.0, 0.999)}, ValueError, "Invalid beta parameter at index 0", "beta1=1"),
-        ErrorOptimizerInput({"betas": (0.9, 1.0)}, ValueError, "Invalid beta parameter at index 1", "beta2=1"),
-        ErrorOptimizerInput({"fsdp_in_use": True}, ValueError, "fsdp_in_use=True is not supported", "fsdp_in_use"),
-        ErrorOptimizerInput({"slice_p": 0}, ValueError, "slice_p must be a positive integer", "slice_p=0"),
+        ErrorOptimizerInput({"d0": 0.0}, ValueError, "Invalid d0 value", "d0=0", raised_by="reference"),
+        ErrorOptimizerInput({"lr": -1.0}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
+        ErrorOptimizerInput({"eps": 0.0}, ValueError, "Invalid epsilon value", "eps=0", raised_by="reference"),
+        ErrorOptimizerInput({"betas": (1.0, 0.999)}, ValueError, "Invalid beta parameter at index 0", "beta1=1", raised_by="reference"),
+        ErrorOptimizerInput({"betas": (0.9, 1.0)}, ValueError, "Invalid beta parameter at index 1", "beta2=1", raised_by="reference"),
+        ErrorOptimizerInput({"fsdp_in_use": True}, ValueError, "fsdp_in_use=True is not supported", "fsdp_in_use", raised_by="differentiable"),
+        ErrorOptimizerInput({"slice_p": 0}, ValueError, "slice_p must be a positive integer", "slice_p=0", raised_by="differentiable"),
     ],
     # beta3 (None by default) and growth_rate (inf by default) are checked in tests/test_prodigy.py
     hyperparameters=("lr", "betas", "eps", "weight_decay", "d_coef"),

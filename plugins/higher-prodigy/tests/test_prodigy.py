@@ -1,22 +1,19 @@
-"""higher-prodigy: discovery, the conformance kit, and what the kit cannot see.
+"""higher-prodigy: what the conformance kit (tests/test_conformance.py) does not reach.
 
 Prodigy keeps its step-size estimate ``d`` (and ``d_max``, ``d_numerator``,
-``k``, ...) in its param groups; the kit compares per-parameter state only, so
-those are compared here, as are the default configuration, the gradient
-through the starting weights, and the options refused.
+``k``, ...) in its param groups; the kit's ``group_statistics`` check compares
+them step by step, and these tests add the continued case, the default
+configuration, the gradient through the starting weights, and the options refused.
 """
 
 from __future__ import annotations
-
-import doctest
 
 import pytest
 import torch
 from prodigyopt import Prodigy
 
 import higher_core
-from higher_core.testing import Problem, run_conformance
-from higher_prodigy import DifferentiableProdigy
+from higher_core.testing import Problem
 from higher_prodigy._conformance import PRODIGY_INFO
 
 SHAPES = ((3, 2), (2,), (2, 2))
@@ -50,28 +47,6 @@ def _assert_group_state_equal(diffopt, opt, where):
             assert abs(got - expected) <= 1e-10 * abs(expected) + 1e-300, (
                 f"{where}: group {index} {key}: {got} != {expected}"
             )
-
-
-def test_entry_point_is_discovered():
-    p = torch.zeros(2, requires_grad=True)
-    assert type(higher_core.get_diff_optim(Prodigy([p]), [p])) is DifferentiableProdigy
-    assert DifferentiableProdigy in {
-        provider.diff_type
-        for providers in higher_core._plugins.plugin_host().table().providers.values()
-        for provider in providers
-    }
-
-
-
-def test_docstring_example_runs():
-    import higher_prodigy._prodigy as module
-
-    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
-
-
-def test_conformance_kit():
-    result = run_conformance(PRODIGY_INFO)
-    assert result["rows"] == len(PRODIGY_INFO.inputs)
 
 
 @pytest.mark.parametrize("warmup", [0, 3], ids=["from-start", "continued"])
@@ -246,7 +221,7 @@ def test_refused_options_name_themselves():
     diffopt = higher_core.get_diff_optim(opt, ref)
     with pytest.raises(ValueError, match="override key 'd_max' is not a hyperparameter"):
         diffopt.step(problem.loss(ref), params=ref, override={"d_max": [0.1]})
-    with pytest.raises(ValueError, match="fsdp_in_use=True is not supported"):
+    with pytest.raises(ValueError, match="override key 'fsdp_in_use' is not a hyperparameter"):
         diffopt.step(problem.loss(ref), params=ref, override={"fsdp_in_use": [True]})
 
     sharded = torch.zeros(2, requires_grad=True)

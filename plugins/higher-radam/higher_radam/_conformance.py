@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput, common_error_inputs
+from higher_radam._radam import DifferentiableRAdam
 
 RADAM_INFO = OptimizerInfo(
     reference=torch.optim.RAdam,
+    differentiable=DifferentiableRAdam,
     gradcheck_warmup=5,  # the gradient checks then unroll steps 6-7, which are rectified
     inputs=[
         OptimizerInput({"lr": 0.01}, "default"),
@@ -34,13 +36,6 @@ RADAM_INFO = OptimizerInfo(
         OptimizerInput({"lr": 0.01, "weight_decay": 0.1, "differentiable": True}, "differentiable-flag"),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Invalid learning rate", "negative lr"),
-        ErrorOptimizerInput({"lr": 0.01, "betas": (1.0, 0.9)}, ValueError, "Invalid beta parameter at index 0", "beta1=1"),
-        ErrorOptimizerInput({"lr": 0.01, "betas": (0.9, -0.1)}, ValueError, "Invalid beta parameter at index 1", "beta2<0"),
-        ErrorOptimizerInput({"lr": 0.01, "eps": -1e-8}, ValueError, "Invalid epsilon", "negative eps"),
-        ErrorOptimizerInput({"lr": 0.01, "weight_decay": -0.1}, ValueError, "Invalid weight_decay", "negative decay"),
-        ErrorOptimizerInput(
-            {"lr": torch.tensor([0.01, 0.02])}, ValueError, "Tensor lr must be 1-element", "tensor lr of 2 elements"
-        ),
+        *common_error_inputs(),
     ],
 )

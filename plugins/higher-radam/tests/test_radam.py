@@ -1,4 +1,4 @@
-"""higher-radam: discovery, both branches of the rectification, and gradients through each."""
+"""higher-radam: both branches of the rectification, and gradients through each."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import torch
 
 import higher_core
 from higher_core.testing import Problem
-from higher_radam import DifferentiableRAdam
 
 LR, BETAS, EPS = 0.02, (0.9, 0.999), 1e-8
 
@@ -25,13 +24,6 @@ def _torch_steps(opt: torch.optim.Optimizer, params: list[torch.Tensor], problem
 def _rho(step: int, beta2: float) -> float:
     rho_inf = 2 / (1 - beta2) - 1
     return rho_inf - 2 * step * beta2**step / (1 - beta2**step)
-
-
-def test_entry_point_is_discovered() -> None:
-    assert higher_core.optim.DifferentiableRAdam is DifferentiableRAdam
-    params = _problem().leaves()
-    opt = torch.optim.RAdam(params, lr=0.01)
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableRAdam
 
 
 def test_both_rectification_branches_in_ten_steps() -> None:

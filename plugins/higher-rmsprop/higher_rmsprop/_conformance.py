@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_rmsprop._rmsprop import DifferentiableRMSprop
 
 RMSPROP_INFO = OptimizerInfo(
     reference=torch.optim.RMSprop,
+    differentiable=DifferentiableRMSprop,
     inputs=[
         OptimizerInput({"lr": 0.01}, "default"),
         OptimizerInput({"lr": 0.01, "alpha": 0.5}, "alpha"),
@@ -29,14 +31,14 @@ RMSPROP_INFO = OptimizerInfo(
         OptimizerInput({"lr": torch.tensor(0.01), "momentum": 0.5}, "tensor-lr"),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Invalid learning rate", "negative lr"),
+        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
         ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, ValueError, "Tensor lr must be 1-element",
-                            "lr tensor of two elements"),
-        ErrorOptimizerInput({"lr": 0.01, "eps": -1e-8}, ValueError, "Invalid epsilon", "negative eps"),
+                            "lr tensor of two elements", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.01, "eps": -1e-8}, ValueError, "Invalid epsilon", "negative eps", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.01, "momentum": -0.5}, ValueError, "Invalid momentum",
-                            "negative momentum"),
+                            "negative momentum", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.01, "weight_decay": -0.1}, ValueError, "Invalid weight_decay",
-                            "negative weight_decay"),
-        ErrorOptimizerInput({"lr": 0.01, "alpha": -0.1}, ValueError, "Invalid alpha", "negative alpha"),
+                            "negative weight_decay", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.01, "alpha": -0.1}, ValueError, "Invalid alpha", "negative alpha", raised_by="reference"),
     ],
 )

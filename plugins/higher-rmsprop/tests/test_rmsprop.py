@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from higher_rmsprop import DifferentiableRMSprop
 
 import higher_core
 from higher_core.testing import Problem
@@ -15,14 +14,6 @@ def _unroll(diffopt, problem, steps):
     for _ in range(steps):
         fast = diffopt.step(problem.loss(fast), params=fast)
     return initial, fast
-
-
-def test_entry_point_discovered():
-    params = Problem(((2,),)).leaves()
-    opt = torch.optim.RMSprop(params)
-    assert higher_core.optim.DifferentiableRMSprop is DifferentiableRMSprop
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableRMSprop
-
 
 
 def test_centered_variance_exactly_zero_keeps_meta_gradient_finite():

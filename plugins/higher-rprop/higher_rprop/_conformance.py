@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_rprop._rprop import DifferentiableRprop
 
 RPROP_INFO = OptimizerInfo(
     reference=torch.optim.Rprop,
+    differentiable=DifferentiableRprop,
     inputs=[
         OptimizerInput({"lr": 0.01}, "default"),
         OptimizerInput({"lr": 0.05, "etas": (0.3, 1.5)}, "etas"),
@@ -24,11 +26,11 @@ RPROP_INFO = OptimizerInfo(
         OptimizerInput({"lr": torch.tensor(0.01)}, "tensor-lr"),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Invalid learning rate", "negative lr"),
+        ErrorOptimizerInput({"lr": -0.01}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
         ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, ValueError, "Tensor lr must be 1-element",
-                            "lr tensor of two elements"),
-        ErrorOptimizerInput({"lr": 0.01, "etas": (0.0, 1.2)}, ValueError, "Invalid eta values", "etaminus=0"),
-        ErrorOptimizerInput({"lr": 0.01, "etas": (1.0, 1.2)}, ValueError, "Invalid eta values", "etaminus=1"),
-        ErrorOptimizerInput({"lr": 0.01, "etas": (0.5, 1.0)}, ValueError, "Invalid eta values", "etaplus=1"),
+                            "lr tensor of two elements", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.01, "etas": (0.0, 1.2)}, ValueError, "Invalid eta values", "etaminus=0", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.01, "etas": (1.0, 1.2)}, ValueError, "Invalid eta values", "etaminus=1", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.01, "etas": (0.5, 1.0)}, ValueError, "Invalid eta values", "etaplus=1", raised_by="reference"),
     ],
 )

@@ -8,7 +8,6 @@ identity path, and hypergradients only through the step sizes.
 from __future__ import annotations
 
 import torch
-from higher_rprop import DifferentiableRprop
 
 import higher_core
 from higher_core.testing import Problem
@@ -21,13 +20,6 @@ def _unroll(diffopt, problem, initial, steps):
     for _ in range(steps):
         fast = diffopt.step(problem.loss(fast), params=fast)
     return fast
-
-
-def test_entry_point_discovered():
-    params = Problem(((2,),)).leaves()
-    opt = torch.optim.Rprop(params)
-    assert higher_core.optim.DifferentiableRprop is DifferentiableRprop
-    assert type(higher_core.get_diff_optim(opt, params)) is DifferentiableRprop
 
 
 def test_meta_gradient_is_the_final_gradient():

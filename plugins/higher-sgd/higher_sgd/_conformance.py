@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_sgd._sgd import DifferentiableSGD
 
 SGD_INFO = OptimizerInfo(
     reference=torch.optim.SGD,
+    differentiable=DifferentiableSGD,
     inputs=[
         OptimizerInput({"lr": 0.1}, "plain"),
         OptimizerInput({"lr": 0.1, "momentum": 0.9}, "momentum"),
@@ -25,11 +27,11 @@ SGD_INFO = OptimizerInfo(
         OptimizerInput({"lr": torch.tensor(0.1), "momentum": 0.9}, "tensor-lr"),
     ],
     error_inputs=[
-        ErrorOptimizerInput({"lr": -0.1}, ValueError, "Invalid learning rate", "negative lr"),
-        ErrorOptimizerInput({"lr": 0.1, "momentum": -0.5}, ValueError, "Invalid momentum", "negative momentum"),
-        ErrorOptimizerInput({"lr": 0.1, "weight_decay": -1.0}, ValueError, "Invalid weight_decay", "negative decay"),
+        ErrorOptimizerInput({"lr": -0.1}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.1, "momentum": -0.5}, ValueError, "Invalid momentum", "negative momentum", raised_by="reference"),
+        ErrorOptimizerInput({"lr": 0.1, "weight_decay": -1.0}, ValueError, "Invalid weight_decay", "negative decay", raised_by="reference"),
         ErrorOptimizerInput(
-            {"lr": 0.1, "nesterov": True}, ValueError, "Nesterov momentum requires", "nesterov without momentum"
+            {"lr": 0.1, "nesterov": True}, ValueError, "Nesterov momentum requires", "nesterov without momentum", raised_by="reference"
         ),
     ],
 )

@@ -1,17 +1,10 @@
-"""higher-sgd: discovery and the behaviours that differ from a plain port of torch's code."""
+"""higher-sgd: the behaviours that differ from a plain port of torch's code."""
 
 from __future__ import annotations
 
 import torch
 
 import higher_core
-from higher_sgd import DifferentiableSGD
-
-
-def test_entry_point_is_discovered():
-    assert higher_core.optim.DifferentiableSGD is DifferentiableSGD
-    p = torch.zeros(2, requires_grad=True)
-    assert type(higher_core.get_diff_optim(torch.optim.SGD([p], lr=0.1), [p])) is DifferentiableSGD
 
 
 def test_first_momentum_buffer_keeps_its_graph():

@@ -1,0 +1,260 @@
+"""The conformance kit catches what it claims to: toy optimizers with one deliberate defect each.
+
+``Toy`` is a reference with momentum whose step adds ``relu(m) / (relu(m) + eps)``
+(``0 / 0`` at a probe ``eps = 0``, as Adam's ``m / (sqrt(v) + eps)`` at a zero gradient); ``ToyRule`` is its correct
+differentiable rule. Each variant of the rule breaks one thing, and the check
+that should catch it must fail with a message naming it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.autograd.gradcheck import GradcheckError
+
+import higher_core
+from higher_core.optim import DifferentiableOptimizer
+from higher_core.testing import (
+    ErrorOptimizerInput,
+    NotApplicable,
+    OptimizerInfo,
+    OptimizerInput,
+    check_complex,
+    check_error_input,
+    check_hypergradients,
+    check_implementation_flags,
+    check_no_mutation,
+    check_parity,
+    check_registered,
+    run_check,
+    run_conformance,
+)
+
+
+class Toy(torch.optim.Optimizer):
+    """SGD with momentum whose step adds ``relu(m) / (relu(m) + eps)``."""
+
+    def __init__(self, params, lr=0.1, momentum=0.5, eps=1e-6, strict=False):
+        if lr < 0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "eps": eps, "strict": strict})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        with torch.enable_grad():
+            loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                buf = state.get("momentum_buffer", torch.zeros_like(p)) * group["momentum"] + p.grad
+                state["momentum_buffer"] = buf
+                pos = buf.clamp(min=0)
+                p.sub_(group["lr"] * (buf + pos / (pos + group["eps"])))
+        return loss
+
+
+class ToyTrain(Toy):
+    """A reference that must be put in train mode before it steps (as schedule-free optimizers)."""
+
+    def train(self):
+        self.training = True
+
+    def step(self, closure=None):
+        if not getattr(self, "training", False):
+            raise RuntimeError("call opt.train() before opt.step()")
+        return super().step(closure)
+
+
+class ToyRule(DifferentiableOptimizer):
+    tensor_hyperparameters = ("lr", "eps")
+
+    def check_param_groups(self, param_groups):
+        for group in param_groups:
+            if group["strict"]:
+                raise ValueError("strict=True is not supported")
+
+    def init_state(self, param, group):
+        return {"momentum_buffer": torch.zeros_like(param)}
+
+    def update_one(self, group, param, grad, state):
+        buf = state["momentum_buffer"] * group["momentum"] + grad
+        pos = torch.relu(buf)
+        return param - group["lr"] * (buf + pos / (pos + group["eps"])), {"momentum_buffer": buf}
+
+
+class MutatingRule(ToyRule):
+    def update_one(self, group, param, grad, state):
+        new_param, new_state = super().update_one(group, param, grad, state)
+        state["momentum_buffer"].copy_(grad)  # the quiet bug: the numbers stay right
+        return new_param, new_state
+
+
+class NoInitState(ToyRule):
+    def init_state(self, param, group):
+        return {}
+
+
+class RefusesComplex(ToyRule):
+    complex_parameters = "refuse"
+
+
+class DetachedLr(ToyRule):
+    def update_one(self, group, param, grad, state):
+        lr = group["lr"].detach() if isinstance(group["lr"], torch.Tensor) else group["lr"]
+        return super().update_one({**group, "lr": lr}, param, grad, state)
+
+
+ROW = OptimizerInput({"lr": 0.1, "momentum": 0.5}, "momentum")
+INFO = OptimizerInfo(Toy, [ROW], steps=3, differentiable=ToyRule)
+
+
+class _Plugin:
+    def __init__(self, reference, rule):
+        self.offered = {reference: rule}
+
+    @higher_core.hookimpl
+    def higher_core_optimizers(self):
+        return self.offered
+
+
+#: every plugin object made here stays alive: the host notices a change of plugins by their ids,
+#: which a new object could otherwise reuse
+_MADE: list[_Plugin] = []
+
+
+@contextmanager
+def plugged(rule, reference=Toy):
+    _MADE.append(_Plugin(reference, rule))
+    name = higher_core.register_plugin(_MADE[-1])
+    try:
+        yield
+    finally:
+        higher_core.unregister_plugin(name)
+
+
+def test_the_correct_toy_passes_the_checks_the_variants_fail():
+    with plugged(ToyRule):
+        result = run_conformance(INFO, checks=("parity", "no_mutation", "hypergradients", "truncate"))
+    assert result == {"rows": 1, "checks": 5, "not_applicable": 1}  # Toy takes no implementation flag
+
+
+def test_no_mutation_catches_a_quiet_in_place_copy():
+    with plugged(MutatingRule):
+        check_parity(INFO, ROW)  # the numbers are right
+        with pytest.raises(AssertionError, match=r"modified state\[\d+\]\['momentum_buffer'\] in place"):
+            check_no_mutation(INFO, ROW)
+
+
+def test_a_missing_init_state_is_named():
+    with plugged(NoInitState), pytest.raises(
+        AssertionError, match="read state key 'momentum_buffer' that init_state did not create; implement init_state"
+    ):
+        check_parity(INFO, ROW)
+
+
+def test_a_failure_names_the_row_the_check_and_the_hyperparameter():
+    with plugged(DetachedLr), pytest.raises(
+        AssertionError, match=r"Toy\[momentum\], check 'hypergradients': .*gradcheck w\.r\.t\. hyperparameter lr=0\.1"
+    ):
+        run_check(INFO, "hypergradients", ROW)
+
+
+def test_the_hypergradient_probe_stays_inside_the_range():
+    # gradcheck's central difference would probe eps=1e-6 at exactly 0, where relu(m) / (relu(m) + eps)
+    # is 0 / 0 for the entries with m <= 0
+    m = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+    with pytest.raises(GradcheckError, match=r"numerical:tensor\(\[\[nan"):
+        h = torch.tensor(1e-6, dtype=torch.float64, requires_grad=True)
+        torch.autograd.gradcheck(lambda e: (torch.relu(m) / (torch.relu(m) + e)).sum(), (h,))
+    with plugged(ToyRule):
+        assert check_hypergradients(INFO, ROW) == ["lr", "eps"]
+
+
+def test_error_rows_are_checked_on_the_side_they_name():
+    refused = ErrorOptimizerInput({"lr": -0.1}, ValueError, "Invalid learning rate", "negative lr")
+    ours = ErrorOptimizerInput({"lr": 0.1, "strict": True}, ValueError, "strict=True is not supported", "strict",
+                               raised_by="differentiable")
+    with plugged(ToyRule):
+        check_error_input(INFO, refused)
+        check_error_input(INFO, ours)
+        with pytest.raises(AssertionError, match='accepted .*mark the row raised_by="differentiable"'):
+            check_error_input(INFO, replace(ours, raised_by="reference"))
+        with pytest.raises(AssertionError, match='refused .*mark the row raised_by="reference"'):
+            check_error_input(INFO, replace(refused, raised_by="differentiable"))
+    with pytest.raises(ValueError, match="raised_by='torch'"):
+        ErrorOptimizerInput({}, ValueError, "", "bad side", raised_by="torch")
+
+
+def test_a_declared_refusal_of_complex_parameters_is_checked():
+    # without the declaration the refusal is a failure (a ValueError from the first step)
+    with plugged(RefusesComplex):
+        check_complex(INFO, ROW)
+
+
+def test_a_check_that_does_not_apply_says_why():
+    with plugged(ToyRule), pytest.raises(NotApplicable, match="accepts none of foreach, fused"):
+        check_implementation_flags(INFO)
+
+
+def test_the_reference_is_prepared_before_it_steps():
+    info = OptimizerInfo(ToyTrain, [ROW], steps=3, hyperparameters=("lr",), prepare=lambda opt: opt.train())
+    with plugged(ToyRule, ToyTrain):
+        assert run_conformance(info, checks=("parity", "hypergradients", "export_state"))["checks"] == 4
+        with pytest.raises(AssertionError, match="call opt.train"):
+            run_check(replace(info, prepare=None), "parity", ROW)
+
+
+def test_check_registered_needs_the_plugin_host():
+    with plugged(ToyRule):
+        assert check_registered(INFO).startswith("runtime plugin")
+    higher_core.register_optim(Toy, ToyRule)
+    try:
+        with pytest.raises(AssertionError, match="no installed plugin lists ToyRule for Toy"):
+            check_registered(INFO)
+    finally:
+        higher_core.unregister_optim(Toy)
+    with plugged(MutatingRule), pytest.raises(AssertionError, match="resolves to MutatingRule, not ToyRule"):
+        check_registered(INFO)
+
+
+AUTHOR_TEST = """
+import torch, higher_core
+from higher_core.optim import DifferentiableOptimizer
+from higher_core.testing import OptimizerInfo, OptimizerInput, conformance_tests
+
+class Tiny(torch.optim.SGD):
+    pass
+
+class DifferentiableTiny(DifferentiableOptimizer):
+    def update_one(self, group, param, grad, state):
+        return param - group["lr"] * grad, state
+
+class Plugin:
+    @higher_core.hookimpl
+    def higher_core_optimizers(self):
+        return {Tiny: DifferentiableTiny}
+
+higher_core.register_plugin(Plugin())
+test_tiny = conformance_tests(OptimizerInfo(Tiny, [OptimizerInput({"lr": 0.1}, "plain")]),
+                              checks=("parity", "no_mutation", "group_statistics"))
+"""
+
+
+def test_an_author_runs_the_kit_in_their_own_pytest(tmp_path):
+    (tmp_path / "test_tiny.py").write_text(AUTHOR_TEST)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--strict-markers", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "4 passed, 1 skipped" in out, out  # parity, no_mutation, registered, flags; group_statistics n/a
+    assert "Tiny[plain]: group_statistics does not apply" in out, out
