@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from higher_core import batched
 from higher_core._optimizer import DifferentiableOptimizer
 from higher_core._overrides import Override
 from higher_core._registry import resolve
@@ -25,6 +26,7 @@ def innerloop_ctx(
     copy_initial_weights: bool = True,
     override: Override | None = None,
     track_higher_grads: bool = True,
+    tasks: int | None = None,
     **kwargs: Any,
 ) -> Iterator[tuple[PatchedModule, DifferentiableOptimizer]]:
     """A context manager for writing differentiable inner loops.
@@ -39,6 +41,8 @@ def innerloop_ctx(
         override: hyperparameters as ``{name: [value]}`` or one value per group;
             tensors receive gradients.
         track_higher_grads: if False, unroll without a graph ("test mode").
+        tasks: run a meta-batch of ``tasks`` independent inner loops at once: fast
+            weights ``[T, *shape]``, per-task losses ``[T]`` (see :mod:`higher_core.batched`).
         **kwargs: passed on to the differentiable optimizer (``grad_callback``, or a
             plugin's own options).
 
@@ -57,6 +61,10 @@ def innerloop_ctx(
         >>> model.weight.grad.shape
         torch.Size([1, 4])
     """
+    if tasks is not None:  # batched tasks: higher_core/batched
+        yield batched.innerloop(model, opt, tasks, device=device, copy_initial_weights=copy_initial_weights,
+                                override=override, track_higher_grads=track_higher_grads, **kwargs)
+        return
     diff_type = resolve(type(opt))  # fail before copying the model
     fmodel = monkeypatch(model, device=device, copy_initial_weights=copy_initial_weights,
                          track_higher_grads=track_higher_grads)

@@ -491,7 +491,8 @@ def make_functional(module: nn.Module,
 
 
 def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
-                copy_initial_weights: bool = True, track_higher_grads: bool = True) -> PatchedModule:
+                copy_initial_weights: bool = True, track_higher_grads: bool = True,
+                tasks: int | None = None) -> PatchedModule:
     """A monkey-patched stateless version of ``module``, with initial fast weights.
 
     Args:
@@ -502,6 +503,8 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
             the parameters themselves, so meta-gradients reach the module (MAML).
         track_higher_grads: if False, only the latest fast weights are kept and the
             unroll is not differentiable (test mode; memory stays flat).
+        tasks: if given, a :class:`higher_core.batched.BatchedPatchedModule` for a
+            meta-batch of ``tasks`` tasks (fast weights ``[T, *shape]``).
 
     Returns:
         A :class:`PatchedModule`. Frozen parameters (``requires_grad=False``) stay
@@ -514,6 +517,10 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
         >>> fnet.fast_params[0] is net.weight
         True
     """
+    if tasks is not None:  # batched tasks: higher_core/batched
+        from higher_core.batched import BatchedPatchedModule
+        return BatchedPatchedModule(module, tasks, device=device, copy_initial_weights=copy_initial_weights,
+                                    track_higher_grads=track_higher_grads)  # type: ignore[return-value]
     fmodule = PatchedModule(module, device=device, track_higher_grads=track_higher_grads)
     fmodule.update_params(_initial_fast_weights(module, device, copy_initial_weights))
     return fmodule
