@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from higher_core import errors, functional, optim, patch, utils
 from higher_core._context import innerloop_ctx
+from higher_core._plugin_hooks import plugin_hooks
 from higher_core._plugins import hookimpl, plugin_host, register_plugin, unregister_plugin
 from higher_core._registry import register_optim, unregister_optim
 from higher_core.optim import create_diff_optim, get_diff_optim
@@ -34,6 +35,7 @@ __all__ = [
     "monkeypatch",
     "optim",
     "patch",
+    "plugin_hooks",
     "plugin_host",
     "register_optim",
     "register_plugin",

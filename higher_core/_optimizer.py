@@ -1,56 +1,63 @@
-"""The base class of every differentiable optimizer.
+"""The base class of every differentiable optimizer, and the contract a plugin codes against.
 
 A differentiable optimizer mirrors a live ``torch.optim`` optimizer: it copies
 its param groups (hyperparameters only; the model's parameters are referred to
 by position, never copied) and its existing per-parameter state, then updates
 fast weights out of place, so that autograd sees every step.
 
-A plugin implements one method, :meth:`DifferentiableOptimizer.update`, in the
-style of optax's ``update``: it receives one param group's hyperparameters, the
-parameters that have a gradient, their gradients and their states, and returns
-new parameters and new states without mutating anything.
+The contract (every name public; nothing else of the base class may be used):
+
+* **Declarations** (class attributes): :attr:`~DifferentiableOptimizer.tensor_hyperparameters`
+  (the hyperparameters that may be overridden, and learned),
+  :attr:`~DifferentiableOptimizer.complex_parameters` (``"refuse"``, ``"real_view"``
+  or ``"native"``) and :attr:`~DifferentiableOptimizer.scope` (``"element"``,
+  ``"tensor"`` or ``"global"``).
+* **The rule** (override one): :meth:`~DifferentiableOptimizer.update_one` (one
+  parameter), :meth:`~DifferentiableOptimizer.update` (a param group, e.g. with
+  ``torch._foreach_*``), or :meth:`~DifferentiableOptimizer.update_groups` (every
+  group at once, for statistics across groups such as Prodigy's).
+* **State hooks** (override as needed): :meth:`~DifferentiableOptimizer.init_state`,
+  :meth:`~DifferentiableOptimizer.import_state`,
+  :meth:`~DifferentiableOptimizer.export_param_state`, and for running state per
+  param group :meth:`~DifferentiableOptimizer.import_group_state`,
+  :meth:`~DifferentiableOptimizer.update_group_state`,
+  :meth:`~DifferentiableOptimizer.export_group_state`.
+* **Options**: :meth:`~DifferentiableOptimizer.check_param_groups` refuses what
+  the rule cannot honour.
+* **Helpers** (call them from an overridden :meth:`~DifferentiableOptimizer.step`,
+  as a closure optimizer such as LBFGS does): :meth:`~DifferentiableOptimizer.fast_weights`,
+  :meth:`~DifferentiableOptimizer.groups_for_step`,
+  :meth:`~DifferentiableOptimizer.gradients`,
+  :meth:`~DifferentiableOptimizer.check_devices`,
+  :meth:`~DifferentiableOptimizer.finish_step`; and the attributes
+  :attr:`~DifferentiableOptimizer.param_groups`, :attr:`~DifferentiableOptimizer.state`,
+  :attr:`~DifferentiableOptimizer.group_state`, :attr:`~DifferentiableOptimizer.defaults`,
+  :attr:`~DifferentiableOptimizer.track_higher_grads`,
+  :attr:`~DifferentiableOptimizer.optimizer_name`.
+
+Update rules are written with :mod:`higher_core.functional`'s helpers.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from higher_core._overrides import Override, normalize_override
+from higher_core import _complex, _devices, _state_io
+from higher_core._overrides import Override, merged_groups, normalize_override, validate_with_reference
 
 if TYPE_CHECKING:
     from higher_core.patch import PatchedModule
 
-__all__ = ["DifferentiableOptimizer", "GradCallback", "State"]
+__all__ = ["ComplexParameters", "DifferentiableOptimizer", "GradCallback", "Scope", "State"]
 
 State = dict[str, Any]
 GradCallback = Callable[[list[torch.Tensor | None]], Iterable[torch.Tensor | None]]
-
-
-def _to_device(value: Any, device: torch.device | str | None) -> Any:
-    """A detached copy of a state value on ``device``; lists and tuples of tensors too."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(device=device, copy=True)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
-
-
-def _detached(value: Any) -> Any:
-    """A state value cut from the graph; lists and tuples of tensors too."""
-    if isinstance(value, torch.Tensor):
-        return value.detach() if value.requires_grad else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detached(v) for v in value)
-    return value
-
-
-def _elsewhere(value: Any, device: torch.device) -> bool:
-    """A tensor on another device than ``device`` (a CPU scalar mixes with any device, as in torch)."""
-    return (isinstance(value, torch.Tensor) and value.device != device
-            and not (value.dim() == 0 and value.device.type == "cpu"))
+ComplexParameters = Literal["refuse", "real_view", "native"]
+Scope = Literal["element", "tensor", "global"]
 
 
 class DifferentiableOptimizer:
@@ -67,19 +74,24 @@ class DifferentiableOptimizer:
         reference_params: the parameters of the original model, in the order the
             fast weights follow (``model.parameters()``).
         fmodel: a patched module (see :func:`higher_core.patch.monkeypatch`); its
-            fast weights are used and updated when ``step`` is given no ``params``.
+            fast weights are used and updated when ``step`` is given no ``params``,
+            and its ``track_higher_grads`` flag is the optimizer's.
         device: the device to cast state tensors to.
         override: hyperparameters to use instead of the optimizer's, ``{name:
             [value]}`` for every param group or ``{name: [v0, v1, ...]}`` one per
-            group; tensor values receive gradients.
+            group (any sequence, e.g. an ``nn.ParameterList``); tensor values
+            receive gradients. Only :attr:`tensor_hyperparameters` may be
+            overridden; values are checked as the reference optimizer's
+            constructor checks them.
         grad_callback: a function applied to the list of gradients (in the order
             of ``reference_params``; ``None`` where a parameter has no gradient)
             before every step, e.g. for clipping.
-        track_higher_grads: if False, the step is taken without a graph (test mode).
+        track_higher_grads: if False, the step is taken without a graph (test
+            mode). With an ``fmodel``, leave it ``None``: the fmodel's flag is used
+            (a different explicit value is refused).
 
-    Subclasses set :attr:`tensor_hyperparameters` and implement :meth:`update_one`
-    (one parameter) or :meth:`update` (a whole group, e.g. with ``torch._foreach_*``
-    kernels), and :meth:`init_state` when the optimizer keeps state.
+    A plugin sets the declarations and implements the rule; see the module
+    docstring for the whole contract.
 
     Example:
         >>> import torch, higher_core
@@ -90,11 +102,34 @@ class DifferentiableOptimizer:
         >>> new_weights = diffopt.step(fmodel(torch.ones(3, 2)).pow(2).sum())
     """
 
-    #: hyperparameters that may be given as tensors requiring grad
+    #: The hyperparameters that may be overridden (and so learned as tensors): the
+    #: one definition of "hyperparameter". Other group keys (flags such as
+    #: ``amsgrad``, integers such as LBFGS's ``history_size``) are options fixed by
+    #: the optimizer: overriding them is a ValueError listing these names.
     tensor_hyperparameters: ClassVar[tuple[str, ...]] = ("lr",)
-    #: update complex parameters on their real views (``torch.view_as_real``), as
-    #: ``torch.optim``'s element-wise optimizers do; if False they are refused
-    complex_as_real: ClassVar[bool] = False
+    #: How complex parameters are stepped: ``"refuse"`` (a ValueError naming the
+    #: optimizer), ``"real_view"`` (the rule sees ``torch.view_as_real`` views of
+    #: parameters, gradients and state, as ``torch.optim``'s element-wise
+    #: optimizers step them), ``"native"`` (the rule receives complex tensors as
+    #: they are, e.g. Lion's complex sign).
+    complex_parameters: ClassVar[ComplexParameters] = "refuse"
+    #: What a parameter's new value depends on: ``"element"`` (each element only
+    #: on the same element of param, grad and state, and on the hyperparameters:
+    #: SGD, Adam, ...), ``"tensor"`` (reductions over a whole tensor: Adafactor,
+    #: Muon), ``"global"`` (couples tensors or groups: LBFGS, Prodigy). Batched
+    #: tasks and flat fast weights read it; ``"global"`` is the safe default.
+    scope: ClassVar[Scope] = "global"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "complex_as_real" in cls.__dict__:
+            warnings.warn(
+                f"{cls.__qualname__}.complex_as_real is deprecated; set "
+                "complex_parameters = 'real_view' (or 'refuse') instead",
+                DeprecationWarning, stacklevel=2,
+            )
+            if "complex_parameters" not in cls.__dict__:
+                cls.complex_parameters = "real_view" if cls.__dict__["complex_as_real"] else "refuse"
 
     def __init__(
         self,
@@ -104,15 +139,24 @@ class DifferentiableOptimizer:
         device: torch.device | str | None = None,
         override: Override | None = None,
         grad_callback: GradCallback | None = None,
-        track_higher_grads: bool = True,
+        track_higher_grads: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
             raise TypeError(
                 f"{type(self).__name__}() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}"
             )
+        if track_higher_grads is not None and not isinstance(track_higher_grads, bool):
+            raise TypeError(f"track_higher_grads must be a bool, got {type(track_higher_grads).__name__}")
+        if fmodel is not None and track_higher_grads is not None and track_higher_grads != fmodel.track_higher_grads:
+            raise ValueError(
+                f"track_higher_grads={track_higher_grads} but the fmodel has track_higher_grads="
+                f"{fmodel.track_higher_grads}; the optimizer follows its fmodel: set "
+                "fmodel.track_higher_grads (or leave track_higher_grads unset)"
+            )
         reference = list(reference_params)
         position = {id(p): i for i, p in enumerate(reference)}
+        #: the param groups: hyperparameters, and ``params`` as positions into the fast weights
         self.param_groups: list[dict[str, Any]] = []
         for group in other.param_groups:
             indices = []
@@ -127,16 +171,24 @@ class DifferentiableOptimizer:
             copied = {k: v for k, v in group.items() if k != "params"}
             copied["params"] = indices
             self.param_groups.append(copied)
+        from higher_core._registry import qualified_name  # the registry imports this module
+
+        #: the reference optimizer's name, for messages (``torch.optim.Adam``)
+        self.optimizer_name: str = qualified_name(type(other))
+        #: the reference optimizer's type (its constructor validates overrides)
+        self.reference_type: type = type(other)
+        #: per param group: running state (:meth:`import_group_state`)
+        self.group_state: list[State] = [self.import_group_state(group) for group in self.param_groups]
         self.check_param_groups(self.param_groups)
         self._num_params = len(reference)
         self._fmodel = fmodel
-        self._device = device
         self._grad_callback = grad_callback
-        self._track_higher_grads = track_higher_grads
-        self._optimizer_name = self._reference_name(other)
-        self._override = normalize_override(override, self.param_groups, self._optimizer_name)
+        self._track_higher_grads = True if track_higher_grads is None else track_higher_grads
+        self._override: dict[str, list[Any]] = {}
+        self._override = self._validated(override)
         #: the reference optimizer's constructor defaults
         self.defaults: dict[str, Any] = dict(other.defaults)
+        #: per parameter position: its state (``torch.optim``'s keys)
         self.state: dict[int, State] = {}
         for i, p in enumerate(reference):
             existing = other.state.get(p)
@@ -145,12 +197,57 @@ class DifferentiableOptimizer:
                 if imported is not None:
                     self.state[i] = imported
 
-    # -- hooks for subclasses ------------------------------------------------------------
-    def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
-        """Refuse options this differentiable optimizer cannot honour (raise ValueError)."""
+    # -- declarations read at run time ----------------------------------------------------
+    @property
+    def track_higher_grads(self) -> bool:
+        """Whether steps build a graph: the fmodel's flag when there is one (one source of truth).
 
+        Example:
+            >>> import torch, higher_core
+            >>> model = torch.nn.Linear(2, 1)
+            >>> fmodel = higher_core.patch.monkeypatch(model)
+            >>> diffopt = higher_core.get_diff_optim(torch.optim.SGD(model.parameters(), lr=0.1),
+            ...                                      model.parameters(), fmodel=fmodel)
+            >>> fmodel.track_higher_grads = False
+            >>> diffopt.track_higher_grads
+            False
+        """
+        return self._fmodel.track_higher_grads if self._fmodel is not None else self._track_higher_grads
+
+    @track_higher_grads.setter
+    def track_higher_grads(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"track_higher_grads must be a bool, got {type(value).__name__}")
+        if self._fmodel is not None:
+            self._fmodel.track_higher_grads = value
+        else:
+            self._track_higher_grads = value
+
+    # -- hooks: options --------------------------------------------------------------------
+    def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
+        """Refuse options this differentiable optimizer cannot honour (raise ValueError).
+
+        Called on the copied param groups at construction and on the groups with
+        overrides applied (at construction and at every overridden step).
+
+        Example:
+            >>> class OneGroup(DifferentiableOptimizer):
+            ...     def check_param_groups(self, param_groups):
+            ...         if len(param_groups) != 1:
+            ...             raise ValueError("OneGroup supports one param group")
+        """
+
+    # -- hooks: the rule -------------------------------------------------------------------
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
-        """The state of a parameter before its first step (``torch.optim``'s lazy init)."""
+        """The state of a parameter before its first step (``torch.optim``'s lazy init).
+
+        Use ``torch.optim``'s key names, so that importing and exporting state is a copy.
+
+        Example:
+            >>> class Momentum(DifferentiableOptimizer):
+            ...     def init_state(self, param, group):
+            ...         return {"momentum_buffer": torch.zeros_like(param)}
+        """
         return {}
 
     def update(
@@ -162,8 +259,12 @@ class DifferentiableOptimizer:
     ) -> tuple[list[torch.Tensor], list[State]]:
         """One step for one param group, out of place.
 
+        The default applies :meth:`update_one` to each parameter in turn; a
+        multi-tensor (``torch._foreach_*``) rule overrides this method instead.
+
         Args:
-            group: the group's hyperparameters, overrides applied (values may be tensors).
+            group: the group's hyperparameters, overrides applied (values may be
+                tensors), and its running state (:meth:`update_group_state`).
             params: the parameters of the group that have a gradient this step.
             grads: their gradients.
             states: their states (do not mutate; return new ones).
@@ -171,8 +272,10 @@ class DifferentiableOptimizer:
         Returns:
             The new parameters and the new states, in the same order.
 
-        The default applies :meth:`update_one` to each parameter in turn; a
-        multi-tensor (``torch._foreach_*``) rule overrides this method instead.
+        Example:
+            >>> class PlainSGD(DifferentiableOptimizer):
+            ...     def update(self, group, params, grads, states):
+            ...         return [p - group["lr"] * g for p, g in zip(params, grads)], states
         """
         new_params, new_states = [], []
         for param, grad, state in zip(params, grads, states):
@@ -184,46 +287,234 @@ class DifferentiableOptimizer:
     def update_one(
         self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
     ) -> tuple[torch.Tensor, State]:
-        """One step for one parameter, out of place: ``(new_param, new_state)``."""
+        """One step for one parameter, out of place: ``(new_param, new_state)``.
+
+        Example:
+            >>> class PlainSGD(DifferentiableOptimizer):
+            ...     scope = "element"
+            ...     def update_one(self, group, param, grad, state):
+            ...         return param - group["lr"] * grad, state
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement update() or update_one()")
 
+    def update_groups(
+        self, groups: list[dict[str, Any]], params: list[torch.Tensor], grads: list[torch.Tensor | None]
+    ) -> list[torch.Tensor]:
+        """One step for every param group: :meth:`update` on each group's parameters that have a gradient.
+
+        Per group, this checks devices (:meth:`check_devices`), makes missing
+        states (:meth:`init_state`), advances the group's running state
+        (:meth:`update_group_state`), handles complex parameters as
+        :attr:`complex_parameters` says, calls :meth:`update` and stores the new
+        states in :attr:`state`. Override it for an optimizer whose statistics
+        span groups (Prodigy's global step size).
+
+        Args:
+            groups: the param groups with overrides applied (:meth:`groups_for_step`).
+            params: every fast weight, in the order of ``reference_params``.
+            grads: their gradients (``None`` where there is none).
+
+        Returns:
+            The new fast weights; parameters without a gradient are returned as given.
+
+        Example:
+            >>> class Global(DifferentiableOptimizer):
+            ...     def update_groups(self, groups, params, grads):
+            ...         scale = sum(g.abs().sum() for g in grads if g is not None)
+            ...         return [p if g is None else p - groups[0]["lr"] * g / scale
+            ...                 for p, g in zip(params, grads)]
+        """
+        new_params = list(params)
+        for number, group in enumerate(groups):
+            indices = [i for i in group["params"] if grads[i] is not None]
+            if not indices:
+                continue
+            self.check_devices(number, group, params, indices)
+            states = [self.state[i] if i in self.state else self.init_state(params[i], group) for i in indices]
+            group_params = [params[i] for i in indices]
+            group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
+            if self.group_state[number]:
+                self.group_state[number] = self.update_group_state(
+                    group, self.group_state[number], group_params, group_grads)
+                group = {**group, **self.group_state[number]}
+            if any(p.is_complex() for p in group_params):
+                updated, new_states = self._update_complex(group, group_params, group_grads, states)
+            else:
+                updated, new_states = self.update(group, group_params, group_grads, states)
+            for i, p, s in zip(indices, updated, new_states):
+                new_params[i] = p
+                self.state[i] = s
+        return new_params
+
+    def _update_complex(self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
+                        states: list[State]) -> tuple[list[torch.Tensor], list[State]]:
+        if self.complex_parameters == "native":
+            return self.update(group, params, grads, states)
+        if self.complex_parameters == "real_view":
+            return _complex.on_real_views(self.update, group, params, grads, states)
+        raise ValueError(
+            f"{type(self).__name__} does not support complex parameters (as {self.optimizer_name} does not)"
+        )
+
+    # -- hooks: state ----------------------------------------------------------------------
     def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State | None:
         """Copy one parameter's ``torch.optim`` state: tensors detached and cloned, ``step`` as a number.
 
         Return ``None`` to treat the parameter as not yet stepped (for state that a
         reference creates in its constructor; :meth:`init_state` then makes it at
         the first step).
+
+        Example:
+            >>> class Fresh(DifferentiableOptimizer):
+            ...     def import_state(self, state, device):
+            ...         return None if state.get("step", 0) == 0 else super().import_state(state, device)
         """
-        imported: State = {}
+        return _state_io.import_param_state(state, device)
+
+    def export_param_state(self, state: Mapping[str, Any], param: torch.Tensor) -> dict[str, Any]:
+        """One parameter's state as ``torch.optim`` keeps it (the inverse of :meth:`import_state`).
+
+        Example:
+            >>> class IntStep(DifferentiableOptimizer):
+            ...     def export_param_state(self, state, param):
+            ...         return {**super().export_param_state(state, param), "step": int(state["step"])}
+        """
+        return _state_io.export_param_state(state, param)
+
+    def import_group_state(self, group: dict[str, Any]) -> State:
+        """Take a param group's running state out of the copied group (at construction).
+
+        Optimizers such as Prodigy or schedule-free ones keep statistics in their
+        param groups and rewrite them at every step. Pop them from ``group`` (so
+        that they are not hyperparameters) and return them; they live in
+        :attr:`group_state`, are detached by :meth:`detach_state` (test mode,
+        :meth:`truncate`) and written back by :meth:`export_group_state`. The
+        default keeps none.
+
+        Example:
+            >>> class Counting(DifferentiableOptimizer):
+            ...     def import_group_state(self, group):
+            ...         return {"k": group.pop("k", 0)}
+            ...     def update_group_state(self, group, state, params, grads):
+            ...         return {**state, "k": state["k"] + 1}
+        """
+        return {}
+
+    def update_group_state(self, group: Mapping[str, Any], state: State, params: list[torch.Tensor],
+                           grads: list[torch.Tensor]) -> State:
+        """A group's running state after this step, before its parameters are updated (out of place).
+
+        Called by the default :meth:`update_groups` for a group with non-empty
+        running state; :meth:`update` then sees the group's hyperparameters and
+        the returned state in one mapping (as ``torch.optim`` keeps them in one
+        param group). The default returns ``state`` unchanged.
+        """
+        return state
+
+    def export_group_state(self, state: Mapping[str, Any], group: dict[str, Any]) -> None:
+        """Write a group's running state into the reference optimizer's param group ``group``.
+
+        The default writes every value, one-element tensors as Python numbers
+        (as ``torch.optim`` optimizers keep such statistics).
+
+        Example:
+            >>> class Counting(DifferentiableOptimizer):
+            ...     def export_group_state(self, state, group):
+            ...         group["k"] = int(state["k"])
+        """
         for key, value in state.items():
-            if key == "step" and isinstance(value, torch.Tensor) and value.numel() == 1:
-                imported[key] = value.item()
-            else:
-                imported[key] = _to_device(value, device)
-        return imported
+            group[key] = _state_io.export_group_value(value)
 
-    # -- the step ------------------------------------------------------------------------
-    @staticmethod
-    def _reference_name(other: torch.optim.Optimizer) -> str:
-        t = type(other)
-        return f"torch.optim.{t.__name__}" if getattr(torch.optim, t.__name__, None) is t else t.__qualname__
+    # -- helpers for plugins ---------------------------------------------------------------
+    def fast_weights(self, params: Iterable[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The fast weights a step starts from: ``params``, or the patched module's latest.
 
-    def _groups_for_step(self, override: Override | None) -> list[dict[str, Any]]:
-        merged = dict(self._override)
-        if override:
-            merged.update(normalize_override(override, self.param_groups, self._optimizer_name))
-        if not merged:
+        Raises:
+            ValueError: without ``params`` and without an fmodel, or for a wrong count.
+        """
+        if params is None:
+            if self._fmodel is None:
+                raise ValueError(
+                    "step() needs params= (the fast weights) because this optimizer was created "
+                    "without fmodel"
+                )
+            params = self._fmodel.fast_params
+        params = list(params)
+        if len(params) != self._num_params:
+            raise ValueError(
+                f"step() got {len(params)} parameters but the optimizer was built for "
+                f"{self._num_params}; pass every fast weight, in the order of reference_params"
+            )
+        return params
+
+    def groups_for_step(self, override: Override | None = None) -> list[dict[str, Any]]:
+        """The param groups for one step: the constructor's overrides, then this step's, applied.
+
+        ``override`` is validated (declared keys only, shapes, the reference
+        constructor's checks, :meth:`check_param_groups`) and applies to this
+        step only: it is never stored.
+        """
+        step_override = self._validated(override)
+        if not self._override and not step_override:
             return self.param_groups
-        groups = []
-        for index, group in enumerate(self.param_groups):
-            copy = dict(group)
-            for key, values in merged.items():
-                copy[key] = values[index]
-            groups.append(copy)
-        if override:
-            self.check_param_groups(groups)
-        return groups
+        return merged_groups(self.param_groups, self._override, step_override)
 
+    def _validated(self, override: Override | None) -> dict[str, list[Any]]:
+        normalized = normalize_override(override, self.param_groups, self.optimizer_name,
+                                        self.tensor_hyperparameters)
+        if normalized:
+            groups = merged_groups(self.param_groups, self._override, normalized)
+            self.check_param_groups(groups)
+            validate_with_reference(self.reference_type, groups, self.param_groups,
+                                    [*self._override, *normalized], self.optimizer_name)
+        return normalized
+
+    def gradients(
+        self, loss: torch.Tensor, params: list[torch.Tensor], grad_callback: GradCallback | None = None
+    ) -> list[torch.Tensor | None]:
+        """Gradients of ``loss`` w.r.t. ``params`` (``None`` where unreached), through the grad callback.
+
+        The graph is kept (``create_graph``) while :attr:`track_higher_grads`.
+        ``grad_callback`` replaces the constructor's for this call.
+        """
+        callback = grad_callback or self._grad_callback
+        targets = [i for i, p in enumerate(params) if p.requires_grad]
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        if targets:
+            computed = torch.autograd.grad(
+                loss,
+                [params[i] for i in targets],
+                create_graph=self.track_higher_grads,
+                allow_unused=True,
+            )
+            for i, g in zip(targets, computed):
+                grads[i] = g
+        if callback is not None:
+            grads = list(callback(grads))
+            if len(grads) != len(params):
+                raise ValueError(
+                    f"grad_callback returned {len(grads)} gradients for {len(params)} parameters"
+                )
+        return grads
+
+    def check_devices(self, number: int, group: Mapping[str, Any], params: list[torch.Tensor],
+                      indices: list[int]) -> None:
+        """Refuse a hyperparameter or state tensor on another device than the fast weights ``params[indices]``."""
+        _devices.check_devices(self.optimizer_name, number, group, params, indices, self.state)
+
+    def finish_step(self, params: list[torch.Tensor], new_params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """End a step: cut the graph in test mode, hand the new weights to the fmodel, return them."""
+        if not self.track_higher_grads:
+            new_params = [
+                p.detach().requires_grad_(old.requires_grad) if p is not old else p
+                for p, old in zip(new_params, params)
+            ]
+            self.detach_state()
+        if self._fmodel is not None:
+            self._fmodel.update_params(new_params)
+        return new_params
+
+    # -- the step --------------------------------------------------------------------------
     def step(
         self,
         loss: torch.Tensor,
@@ -233,6 +524,11 @@ class DifferentiableOptimizer:
         **kwargs: Any,
     ) -> list[torch.Tensor]:
         """Take one differentiable step and return the new fast weights.
+
+        **An override given here applies to this step only**: it is not written
+        into the param groups, so the next step without ``override`` uses the
+        constructor's values again (the old ``higher`` kept it). Pass it at every
+        step, or give it to the constructor.
 
         Args:
             loss: a scalar computed from the fast weights.
@@ -249,159 +545,22 @@ class DifferentiableOptimizer:
         """
         if kwargs:
             raise TypeError(f"step() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
-        params = self._fast_weights(params)
+        params = self.fast_weights(params)
         if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
             raise ValueError(
                 "step(loss): the loss does not require grad, so it was not computed from the fast "
                 "weights (was it computed under torch.no_grad(), or from the original module?)"
             )
-        groups = self._groups_for_step(override)
-        grads = self._gradients(loss, params, grad_callback or self._grad_callback)
-        return self._finish_step(params, self.update_groups(groups, params, grads))
+        groups = self.groups_for_step(override)
+        grads = self.gradients(loss, params, grad_callback)
+        return self.finish_step(params, self.update_groups(groups, params, grads))
 
-    def update_groups(
-        self, groups: list[dict[str, Any]], params: list[torch.Tensor], grads: list[torch.Tensor | None]
-    ) -> list[torch.Tensor]:
-        """One step for every param group: :meth:`update` on each group's parameters that have a gradient.
-
-        Override it for an optimizer whose statistics span groups (Prodigy's
-        global step size). Returns the new fast weights, in the order of
-        ``reference_params``; parameters without a gradient are returned as given.
-        """
-        new_params = list(params)
-        for number, group in enumerate(groups):
-            indices = [i for i in group["params"] if grads[i] is not None]
-            if not indices:
-                continue
-            self._check_devices(number, group, indices, params)
-            states = [self.state[i] if i in self.state else self.init_state(params[i], group) for i in indices]
-            group_params = [params[i] for i in indices]
-            group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
-            if any(p.is_complex() for p in group_params):
-                updated, new_states = self._update_complex(group, group_params, group_grads, states)
-            else:
-                updated, new_states = self.update(group, group_params, group_grads, states)
-            for i, p, s in zip(indices, updated, new_states):
-                new_params[i] = p
-                self.state[i] = s
-        return new_params
-
-    # -- pieces of a step, for subclasses whose step differs (LBFGS's closure) ----------------
-    def _fast_weights(self, params: Iterable[torch.Tensor] | None) -> list[torch.Tensor]:
-        """The fast weights a step starts from: ``params``, or the patched module's latest."""
-        if params is None:
-            if self._fmodel is None:
-                raise ValueError(
-                    "step() needs params= (the fast weights) because this optimizer was created "
-                    "without fmodel"
-                )
-            params = self._fmodel.fast_params
-        params = list(params)
-        if len(params) != self._num_params:
-            raise ValueError(
-                f"step() got {len(params)} parameters but the optimizer was built for "
-                f"{self._num_params}; pass every fast weight, in the order of reference_params"
-            )
-        return params
-
-    def _finish_step(self, params: list[torch.Tensor], new_params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Cut the graph in test mode, hand the new weights to the patched module, return them."""
-        if not self._track_higher_grads:
-            new_params = [
-                p.detach().requires_grad_(old.requires_grad) if p is not old else p
-                for p, old in zip(new_params, params)
-            ]
-            self.detach_state()
-        if self._fmodel is not None:
-            self._fmodel.update_params(new_params)
-        return new_params
-
-    def _check_devices(self, number: int, group: Mapping[str, Any], indices: list[int],
-                       params: list[torch.Tensor]) -> None:
-        """Refuse a hyperparameter (override) or state tensor on another device than its fast weights."""
-        for device in {params[i].device for i in indices}:
-            for key, value in group.items():
-                for tensor in value if isinstance(value, tuple) else (value,):
-                    if _elsewhere(tensor, device):
-                        raise ValueError(
-                            f"{self._optimizer_name}: hyperparameter {key!r} of param group {number} is a "
-                            f"tensor on {tensor.device} but the fast weights are on {device}; move it there "
-                            f"(.to({str(device)!r}), or get_trainable_opt_params(opt, device={str(device)!r}))"
-                        )
-        for i in indices:
-            device = params[i].device
-            for key, value in self.state.get(i, {}).items():
-                if _elsewhere(value, device):
-                    raise ValueError(
-                        f"{self._optimizer_name}: optimizer state {key!r} of parameter {i} is on {value.device} "
-                        f"but its fast weight is on {device}; pass device={str(device)!r} to innerloop_ctx or "
-                        "get_diff_optim (it moves the optimizer state), or keep the model and the optimizer "
-                        "on one device"
-                    )
-
-    def _update_complex(
-        self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor], states: list[State]
-    ) -> tuple[list[torch.Tensor], list[State]]:
-        """:meth:`update` on the real views of complex parameters, gradients and state.
-
-        ``torch.optim`` steps a complex parameter as its ``(..., 2)`` real view; the
-        operations it applies before taking the view (``maximize``, weight decay)
-        are element-wise and linear, so applying them to the view gives the same
-        numbers.
-        """
-        if not self.complex_as_real:
-            raise ValueError(
-                f"{type(self).__name__} does not support complex parameters (as {self._optimizer_name} does not)"
-            )
-
-        def real(value: Any) -> Any:
-            return torch.view_as_real(value) if isinstance(value, torch.Tensor) and value.is_complex() else value
-
-        updated, new_states = self.update(
-            group, [real(p) for p in params], [real(g) for g in grads],
-            [{k: real(v) for k, v in s.items()} for s in states],
-        )
-        restored_states = []
-        for param, old, new in zip(params, states, new_states):
-            # state that was complex, and state first made in this step shaped like the parameter
-            complex_keys = {k for k, v in old.items() if isinstance(v, torch.Tensor) and v.is_complex()}
-            if param.is_complex():
-                real_shape = torch.view_as_real(param).shape
-                complex_keys |= {k for k, v in new.items()
-                                 if k not in old and isinstance(v, torch.Tensor) and v.shape == real_shape}
-            restored_states.append(
-                {k: torch.view_as_complex(v) if k in complex_keys else v for k, v in new.items()}
-            )
-        restored = [torch.view_as_complex(u) if p.is_complex() else u for p, u in zip(params, updated)]
-        return restored, restored_states
-
-    def _gradients(
-        self, loss: torch.Tensor, params: list[torch.Tensor], callback: GradCallback | None
-    ) -> list[torch.Tensor | None]:
-        targets = [i for i, p in enumerate(params) if p.requires_grad]
-        grads: list[torch.Tensor | None] = [None] * len(params)
-        if targets:
-            computed = torch.autograd.grad(
-                loss,
-                [params[i] for i in targets],
-                create_graph=self._track_higher_grads,
-                allow_unused=True,
-            )
-            for i, g in zip(targets, computed):
-                grads[i] = g
-        if callback is not None:
-            grads = list(callback(grads))
-            if len(grads) != len(params):
-                raise ValueError(
-                    f"grad_callback returned {len(grads)} gradients for {len(params)} parameters"
-                )
-        return grads
-
+    # -- graph and state management --------------------------------------------------------
     def detach_state(self) -> None:
-        """Detach every state tensor from the graph (used in test mode and for truncation)."""
-        for state in self.state.values():
+        """Detach every state tensor, per parameter and per group, from the graph (test mode, truncation)."""
+        for state in [*self.state.values(), *self.group_state]:
             for key, value in state.items():
-                state[key] = _detached(value)
+                state[key] = _state_io.detached(value)
 
     def truncate(self) -> None:
         """Cut the unrolled graph here (truncated back-propagation through the inner loop).
@@ -428,20 +587,21 @@ class DifferentiableOptimizer:
         """Write this optimizer's state into ``opt`` (the optimizer it was built from).
 
         State tensors are copied detached onto each parameter's device, ``step``
-        as a tensor as ``torch.optim`` keeps it, so that ordinary training can
-        continue from the end of an inner loop. Pair it with
+        as a tensor as ``torch.optim`` keeps it, and each group's running state
+        into ``opt``'s param groups (:meth:`export_group_state`), so that ordinary
+        training can continue from the end of an inner loop. Pair it with
         :meth:`higher_core.patch.PatchedModule.copy_to` for the weights.
 
         Example:
             >>> import torch, higher_core
             >>> model = torch.nn.Linear(2, 1)
-            >>> opt = torch.optim.Adam(model.parameters(), lr=0.1)
+            >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
             >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
             ...     _ = diffopt.step(fmodel(torch.ones(1, 2)).sum())
             ...     fmodel.copy_to(model)
             ...     diffopt.export_state(opt)
-            >>> float(opt.state[model.weight]["step"])
-            1.0
+            >>> "momentum_buffer" in opt.state[model.weight]
+            True
         """
         if [len(g["params"]) for g in opt.param_groups] != [len(g["params"]) for g in self.param_groups]:
             raise ValueError(
@@ -452,17 +612,8 @@ class DifferentiableOptimizer:
             for index, param in zip(ours["params"], theirs["params"]):
                 if index in self.state:
                     opt.state[param] = self.export_param_state(self.state[index], param)
-
-    def export_param_state(self, state: Mapping[str, Any], param: torch.Tensor) -> dict[str, Any]:
-        """One parameter's state as ``torch.optim`` keeps it (the inverse of :meth:`import_state`)."""
-        scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-        exported: dict[str, Any] = {}
-        for key, value in state.items():
-            if key == "step" and not isinstance(value, torch.Tensor):
-                exported[key] = torch.tensor(float(value), dtype=scalar_dtype)
-            else:
-                exported[key] = _to_device(value, param.device)
-        return exported
+        for running, theirs in zip(self.group_state, opt.param_groups):
+            self.export_group_state(running, theirs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.param_groups)} param group(s), {self._num_params} parameters)"

@@ -8,22 +8,29 @@ require grad; the update rules use them as they are, so they receive gradients.
 
 from __future__ import annotations
 
+import inspect
 import numbers
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["Override", "normalize_override", "trainable_value", "plain_value"]
+__all__ = ["Override", "merged_groups", "normalize_override", "plain_value", "trainable_value",
+           "validate_with_reference"]
 
 Override = Mapping[str, Any]
 
-#: group keys that are not hyperparameters at all
-NOT_HYPERPARAMETERS = frozenset({"params", "param_names"})
+
+def _is_sequence(value: Any) -> bool:
+    """A list, tuple, ``nn.ParameterList`` or any other sequence of values (not a string or tensor)."""
+    if isinstance(value, (str, bytes, torch.Tensor)):
+        return False
+    return isinstance(value, (Sequence, torch.nn.ParameterList))
 
 
 def _per_group(key: str, value: Any, num_groups: int) -> list[Any]:
-    if isinstance(value, (list, tuple)):
+    if _is_sequence(value):
         values = list(value)
     elif isinstance(value, torch.Tensor) or (
         isinstance(value, numbers.Number) and not isinstance(value, bool)
@@ -45,29 +52,61 @@ def _per_group(key: str, value: Any, num_groups: int) -> list[Any]:
     return values
 
 
-def _check_structure(key: str, value: Any, current: Any, group_index: int) -> None:
-    if isinstance(current, tuple):
-        length = value.numel() if isinstance(value, torch.Tensor) else (
-            len(value) if isinstance(value, (list, tuple)) else None
-        )
-        if length != len(current):
+def _one_value(key: str, value: Any, group_index: int) -> Any:
+    """A scalar hyperparameter: a real number or a 0-d / one-element tensor (kept as given)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
             raise ValueError(
-                f"override[{key!r}] for param group {group_index} must have {len(current)} "
-                f"entries like {current!r}, got {value!r}; wrap a tuple in a list: "
-                f"{{{key!r}: [{current!r}]}}"
+                f"override[{key!r}] for param group {group_index} is a tensor of shape "
+                f"{tuple(value.shape)}; a hyperparameter must be a number or a 0-d tensor "
+                "(torch.tensor(0.1)), or it would broadcast into the parameters"
             )
+        if value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"override[{key!r}] for param group {group_index} must be a real tensor, got {value.dtype}")
+        return value
+    if value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        return value
+    raise ValueError(
+        f"override[{key!r}] for param group {group_index} must be a number or a 0-d tensor, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _check_value(key: str, value: Any, current: Any, group_index: int) -> Any:
+    """``value`` in the structure of ``current`` (a tuple like ``betas``, or one scalar)."""
+    if not isinstance(current, tuple):
+        return _one_value(key, value, group_index)
+    if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == len(current):
+        return value  # a learned pair, unpacked by the update rule
+    if not _is_sequence(value) or len(value) != len(current):
+        raise ValueError(
+            f"override[{key!r}] for param group {group_index} must have {len(current)} "
+            f"entries like {current!r}, got {value!r}; wrap a tuple in a list: "
+            f"{{{key!r}: [{current!r}]}}"
+        )
+    return tuple(_one_value(key, v, group_index) for v in value)
 
 
 def normalize_override(
     override: Override | None,
     param_groups: Sequence[Mapping[str, Any]],
     optimizer_name: str,
+    declared: Sequence[str] | None = None,
 ) -> dict[str, list[Any]]:
     """Validate an override dict and expand it to one value per param group.
 
+    Args:
+        override: ``{name: [value]}`` or ``{name: [v0, v1, ...]}``; any sequence
+            (a list, a tuple, an ``nn.ParameterList``) is accepted as the list.
+        param_groups: the groups the values apply to.
+        optimizer_name: for messages.
+        declared: the hyperparameters that may be overridden (a differentiable
+            optimizer's ``tensor_hyperparameters``); ``None`` allows every group key
+            but ``params`` (for writing values back into a ``torch.optim`` optimizer).
+
     Raises:
-        ValueError: for a key that is not a hyperparameter of the optimizer (the
-            message lists the valid ones) or a list of the wrong length.
+        ValueError: for a key that may not be overridden (the message lists the
+            valid ones), a list of the wrong length, or a value of the wrong shape.
     """
     if override is None:
         return {}
@@ -75,7 +114,8 @@ def normalize_override(
         raise TypeError(
             f"override must be a dict mapping hyperparameter names to lists, got {type(override).__name__}"
         )
-    valid = sorted({k for g in param_groups for k in g} - NOT_HYPERPARAMETERS)
+    keys = {k for g in param_groups for k in g} - {"params", "param_names"}
+    valid = sorted(keys if declared is None else keys & set(declared))
     result: dict[str, list[Any]] = {}
     for key, value in override.items():
         if key not in valid:
@@ -84,23 +124,73 @@ def normalize_override(
                 f"valid keys: {', '.join(valid)}"
             )
         values = _per_group(key, value, len(param_groups))
-        for index, (group, v) in enumerate(zip(param_groups, values)):
-            _check_structure(key, v, group[key], index)
-        result[key] = [tuple(v) if isinstance(v, list) else v for v in values]
+        result[key] = [_check_value(key, v, group[key], index)
+                       for index, (group, v) in enumerate(zip(param_groups, values))]
     return result
 
 
-def is_real_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def merged_groups(param_groups: Sequence[Mapping[str, Any]],
+                  *overrides: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """Copies of ``param_groups`` with normalised overrides applied, later ones winning."""
+    groups = [dict(group) for group in param_groups]
+    for override in overrides:
+        for key, values in override.items():
+            for group, v in zip(groups, values):
+                group[key] = v
+    return groups
 
 
-def is_numeric_hyperparameter(value: Any) -> bool:
-    """True for real numbers, floating tensors, and tuples of those; never for flags."""
-    if isinstance(value, torch.Tensor):
-        return value.is_floating_point()
+def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
-        return len(value) > 0 and all(is_numeric_hyperparameter(v) for v in value)
-    return is_real_number(value)
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().item() if value.numel() == 1 else tuple(v.item() for v in value.detach())
+    return value
+
+
+def validate_with_reference(reference: type, groups: Sequence[Mapping[str, Any]],
+                            base_groups: Sequence[Mapping[str, Any]], keys: Iterable[str],
+                            optimizer_name: str) -> None:
+    """Refuse overridden values the reference optimizer's own constructor refuses.
+
+    Builds ``reference`` on a dummy parameter with each group's values (tensors
+    read as numbers) for the constructor arguments that are group keys, so that
+    every plugin gets ``torch.optim``'s validation (negative ``lr``, ``betas``
+    outside ``[0, 1)``) without writing it. A constructor that fails for another
+    reason than a ``ValueError`` (one that needs more than a parameter list) is
+    not used.
+    """
+    keys = set(keys)
+    if not keys:
+        return
+    try:
+        accepted = set(inspect.signature(reference.__init__).parameters)
+    except (TypeError, ValueError):
+        return
+    if not keys <= accepted:
+        return
+    dummy = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+
+    def build(group: Mapping[str, Any]) -> None:
+        kwargs = {k: _plain(v) for k, v in group.items() if k in accepted and k not in ("params", "self")}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference([dummy], **kwargs)
+
+    for index, (group, base) in enumerate(zip(groups, base_groups)):
+        try:
+            build(group)
+        except ValueError as error:
+            try:
+                build(base)
+            except Exception:  # noqa: BLE001 - the constructor cannot be probed this way
+                return
+            names = ", ".join(sorted(keys))
+            raise ValueError(
+                f"override of {names} for param group {index}: {optimizer_name} refuses these values: {error}"
+            ) from None
+        except Exception:  # noqa: BLE001 - the constructor cannot be probed this way
+            return
 
 
 def trainable_value(value: Any, device: torch.device | str | None, dtype: torch.dtype | None) -> Any:
@@ -120,4 +210,4 @@ def plain_value(learned: Any, current: Any) -> Any:
     if isinstance(current, torch.Tensor):
         return torch.as_tensor(learned).detach().to(device=current.device, dtype=current.dtype).clone()
     value = learned.item() if isinstance(learned, torch.Tensor) else learned
-    return float(value) if is_real_number(current) else value
+    return float(value) if isinstance(current, numbers.Real) and not isinstance(current, bool) else value

@@ -22,12 +22,15 @@ __all__ = [
     "with_derivatives_of",
     "addcdiv",
     "addcmul",
+    "as_float64",
     "foreach_div",
     "foreach_mul",
     "foreach_scalar",
     "foreach_safe_sqrt",
     "is_zero",
+    "number",
     "safe_sqrt",
+    "scalar_dtype",
 ]
 
 Scalar = Union[float, torch.Tensor]
@@ -36,6 +39,43 @@ Scalar = Union[float, torch.Tensor]
 def is_zero(value: Scalar) -> bool:
     """``value == 0`` for a number; a tensor counts as non-zero (it may be learned)."""
     return not isinstance(value, torch.Tensor) and value == 0
+
+
+def scalar_dtype() -> torch.dtype:
+    """The dtype ``torch.optim`` gives its 0-d state scalars (``step``, NAdam's ``mu_product``).
+
+    float64 under a float64 default dtype, float32 otherwise.
+
+    Example:
+        >>> scalar_dtype()
+        torch.float32
+    """
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def number(value: Any) -> Any:
+    """The Python number a tensor holds (``.item()``, as ``torch.optim`` reads it); anything else as it is.
+
+    For hyperparameters and statistics that need no gradient where torch reads
+    them as numbers: a tensor is read detached, so no graph is kept.
+
+    Example:
+        >>> number(torch.tensor(0.5)), number(3)
+        (0.5, 3)
+    """
+    return value.detach().item() if isinstance(value, torch.Tensor) else value
+
+
+def as_float64(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float64 as ``.item()`` gives it to torch, still in the graph; unchanged on MPS (no float64).
+
+    Example:
+        >>> as_float64(torch.tensor(1.5)).dtype
+        torch.float64
+    """
+    if x.dtype == torch.float64 or x.device.type == "mps":
+        return x
+    return x.to(torch.float64)
 
 
 def add_scaled(x: torch.Tensor, y: torch.Tensor, alpha: Scalar) -> torch.Tensor:

@@ -16,14 +16,16 @@ from typing import Any
 import torch
 
 from higher_core import _overrides
-from higher_core._optimizer import DifferentiableOptimizer, GradCallback, State
+from higher_core._optimizer import ComplexParameters, DifferentiableOptimizer, GradCallback, Scope, State
 from higher_core._registry import lookup, missing_optimizer_message, register_optim, resolve
 from higher_core.errors import MissingOptimizerPluginError
 from higher_core.patch import PatchedModule
 
 __all__ = [
+    "ComplexParameters",
     "DifferentiableOptimizer",
     "GradCallback",
+    "Scope",
     "State",
     "apply_trainable_opt_params",
     "create_diff_optim",
@@ -60,7 +62,7 @@ def get_diff_optim(
     fmodel: PatchedModule | None = None,
     device: torch.device | str | None = None,
     override: _overrides.Override | None = None,
-    track_higher_grads: bool = True,
+    track_higher_grads: bool | None = None,
     tasks: int | None = None,
     **kwargs: Any,
 ) -> DifferentiableOptimizer:
@@ -74,7 +76,8 @@ def get_diff_optim(
         device: the device to cast the optimizer state to.
         override: hyperparameters as ``{name: [value]}`` (all groups) or one value per
             group; tensors receive gradients.
-        track_higher_grads: if False, steps are taken without a graph (test mode).
+        track_higher_grads: if False, steps are taken without a graph (test mode);
+            by default the fmodel's flag, or True without an fmodel.
         tasks: if given, a :class:`higher_core.batched.BatchedDifferentiableOptimizer`
             stepping ``tasks`` tasks' stacked fast weights (``[T, *shape]``) at once.
         **kwargs: passed on to the differentiable optimizer (e.g. ``grad_callback``).
@@ -113,7 +116,7 @@ def create_diff_optim(
     fmodel: PatchedModule | None = None,
     device: torch.device | str | None = None,
     override: _overrides.Override | None = None,
-    track_higher_grads: bool = True,
+    track_higher_grads: bool | None = None,
     **kwargs: Any,
 ) -> DifferentiableOptimizer:
     """A differentiable version of a new optimizer of type ``opt_type``.
@@ -164,9 +167,13 @@ def create_diff_optim(
                           track_higher_grads=track_higher_grads, **kwargs)
 
 
-def _trainable_names(opt: torch.optim.Optimizer) -> set[str] | None:
-    found = lookup(type(opt))
-    return set(found[0].tensor_hyperparameters) if found is not None else None
+def _learnable(value: Any) -> bool:
+    """A real number, a floating tensor, or a tuple of those (never a flag, ``None`` or a string)."""
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point()
+    if isinstance(value, tuple):
+        return len(value) > 0 and all(_learnable(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def get_trainable_opt_params(
@@ -174,11 +181,9 @@ def get_trainable_opt_params(
 ) -> dict[str, list[Any]]:
     """An override dict holding ``opt``'s numeric hyperparameters as leaf tensors that require grad.
 
-    Only real numeric hyperparameters become tensors (``lr``, ``betas``, ``eps``,
-    ``weight_decay``, ``momentum``, ...): never flags such as ``amsgrad``,
-    ``maximize`` or ``foreach``. When a plugin supports ``type(opt)``, its
-    ``tensor_hyperparameters`` decide; otherwise every float, int or tuple of
-    them does. Tensors take the dtype and device of the group's first parameter
+    The differentiable optimizer's ``tensor_hyperparameters`` decide which
+    (``lr``, ``betas``, ``eps``, ...; never flags such as ``amsgrad``), less
+    those a group sets to ``None``. Tensors take the dtype and device of the group's first parameter
     (or ``device``).
 
     Example:
@@ -187,16 +192,14 @@ def get_trainable_opt_params(
         >>> sorted(higher_core.optim.get_trainable_opt_params(opt))
         ['dampening', 'lr', 'momentum', 'weight_decay']
     """
-    names = _trainable_names(opt)
+    names = set(resolve(type(opt)).tensor_hyperparameters)
     override: dict[str, list[Any]] = defaultdict(list)
     for group in opt.param_groups:
         first = next((p for p in group["params"] if p.is_floating_point()), None)
         dtype = first.dtype if first is not None and first.device.type != "meta" else None
         where = device if device is not None else (first.device if first is not None and first.device.type != "meta" else None)
         for key, value in group.items():
-            if key in _overrides.NOT_HYPERPARAMETERS or not _overrides.is_numeric_hyperparameter(value):
-                continue
-            if names is not None and key not in names:
+            if key not in names or not _learnable(value):
                 continue
             override[key].append(_overrides.trainable_value(value, where, dtype))
     return dict(override)

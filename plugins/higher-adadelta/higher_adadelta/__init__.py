@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from higher_core import plugin_hooks
 from higher_adadelta._adadelta import DifferentiableAdadelta
-from higher_core import hookimpl
 
 __all__ = ["DifferentiableAdadelta", "higher_core_conformance", "higher_core_optimizers"]
 
-
-@hookimpl
-def higher_core_optimizers() -> dict[type, type]:
-    """This plugin provides ``torch.optim.Adadelta``."""
-    return {torch.optim.Adadelta: DifferentiableAdadelta}
-
-
-@hookimpl
-def higher_core_conformance() -> list[object]:
-    """The conformance table of ``torch.optim.Adadelta`` (imported only when asked for)."""
-    from higher_adadelta._conformance import ADADELTA_INFO
-
-    return [ADADELTA_INFO]
+higher_core_optimizers, higher_core_conformance = plugin_hooks(
+    {torch.optim.Adadelta: DifferentiableAdadelta}, conformance="higher_adadelta._conformance:ADADELTA_INFO"
+)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import Scalar, add_scaled_exact, is_zero, with_derivatives_of
+from higher_core.functional import Scalar, add_scaled_exact, as_float64, is_zero, with_derivatives_of
 from higher_core.optim import DifferentiableOptimizer, State
 
 
@@ -21,16 +21,10 @@ def _mean_square(grad: torch.Tensor, dim: int) -> torch.Tensor:
     return with_derivatives_of(value, (grad * grad).mean(dim=dim, keepdim=True))
 
 
-def _as_double(x: torch.Tensor) -> torch.Tensor:
-    """A 0-d statistic in float64, as ``.item()`` gives it to torch, kept in the graph (MPS has no float64)."""
-    if x.dtype == torch.float64 or x.device.type == "mps":
-        return x
-    return x.to(torch.float64)
-
 
 def _norm(x: torch.Tensor) -> torch.Tensor:
     """``x.norm(2)``, in float64: torch reads it with ``.item()`` and goes on in double precision."""
-    return _as_double(x.norm(2))
+    return as_float64(x.norm(2))
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +93,7 @@ class DifferentiableAdafactor(DifferentiableOptimizer):
     """
 
     tensor_hyperparameters = ("lr", "beta2_decay", "eps", "d", "weight_decay")
+    scope = "tensor"
 
     def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
         for group in param_groups:
@@ -115,37 +110,29 @@ class DifferentiableAdafactor(DifferentiableOptimizer):
             state["variance"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
 
-    def update(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         lr, beta2_decay, d = group["lr"], group["beta2_decay"], group["d"]
         weight_decay = group["weight_decay"]
         eps1, eps2 = group["eps"]
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            if group.get("maximize", False):
-                grad = -grad
-            if eps1 is None:
-                eps1 = torch.finfo(param.dtype).eps
-            step = state["step"] + 1
-            one_minus_beta2: Scalar = step**beta2_decay
-            alpha = _step_size(param, lr, eps2, step)
-            if not is_zero(weight_decay):
-                param = param * (1 - lr * weight_decay)
-            new_state: State = {**state, "step": step}
-            if grad.dim() > 1:
-                row_var = torch.lerp(state["row_var"], _mean_square(grad, -1), one_minus_beta2)
-                col_var = torch.lerp(state["col_var"], _mean_square(grad, -2), one_minus_beta2)
-                estimate = (row_var @ col_var) / row_var.mean(dim=-2, keepdim=True).clamp(min=eps1)
-                new_state.update(row_var=row_var, col_var=col_var)
-            else:
-                estimate = torch.lerp(state["variance"], grad * grad, one_minus_beta2)
-                new_state["variance"] = estimate
-            update = estimate.clamp(min=eps1 * eps1).rsqrt() * grad
-            new_params.append(add_scaled_exact(param, update, _clipped_scale(alpha, update, d)))
-            new_states.append(new_state)
-        return new_params, new_states
+        if group.get("maximize", False):
+            grad = -grad
+        if eps1 is None:
+            eps1 = torch.finfo(param.dtype).eps
+        step = state["step"] + 1
+        one_minus_beta2: Scalar = step**beta2_decay
+        alpha = _step_size(param, lr, eps2, step)
+        if not is_zero(weight_decay):
+            param = param * (1 - lr * weight_decay)
+        new_state: State = {**state, "step": step}
+        if grad.dim() > 1:
+            row_var = torch.lerp(state["row_var"], _mean_square(grad, -1), one_minus_beta2)
+            col_var = torch.lerp(state["col_var"], _mean_square(grad, -2), one_minus_beta2)
+            estimate = (row_var @ col_var) / row_var.mean(dim=-2, keepdim=True).clamp(min=eps1)
+            new_state.update(row_var=row_var, col_var=col_var)
+        else:
+            estimate = torch.lerp(state["variance"], grad * grad, one_minus_beta2)
+            new_state["variance"] = estimate
+        update = estimate.clamp(min=eps1 * eps1).rsqrt() * grad
+        return add_scaled_exact(param, update, _clipped_scale(alpha, update, d)), new_state

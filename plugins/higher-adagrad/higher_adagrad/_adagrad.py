@@ -42,7 +42,8 @@ class DifferentiableAdagrad(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
-    complex_as_real = True
+    complex_parameters = "real_view"
+    scope = "element"
 
     tensor_hyperparameters = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
 

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from higher_core import plugin_hooks
 from higher_adam._adam import DifferentiableAdam
-from higher_core import hookimpl
 
 __all__ = ["DifferentiableAdam", "higher_core_conformance", "higher_core_optimizers"]
 
-
-@hookimpl
-def higher_core_optimizers() -> dict[type, type]:
-    """This plugin provides ``torch.optim.Adam``."""
-    return {torch.optim.Adam: DifferentiableAdam}
-
-
-@hookimpl
-def higher_core_conformance() -> list[object]:
-    """The conformance table of ``torch.optim.Adam`` (imported only when asked for)."""
-    from higher_adam._conformance import ADAM_INFO
-
-    return [ADAM_INFO]
+higher_core_optimizers, higher_core_conformance = plugin_hooks(
+    {torch.optim.Adam: DifferentiableAdam}, conformance="higher_adam._conformance:ADAM_INFO"
+)

@@ -16,14 +16,11 @@ from higher_core.functional import (
     foreach_safe_sqrt,
     foreach_scalar,
     is_zero,
+    number,
     safe_sqrt,
 )
 from higher_core.optim import DifferentiableOptimizer, State
 
-
-def _number(value: float | torch.Tensor) -> float:
-    """A hyperparameter that needs no gradient, as the Python number torch reads it as."""
-    return value.item() if isinstance(value, torch.Tensor) else value
 
 
 class DifferentiableAdam(DifferentiableOptimizer):
@@ -56,7 +53,8 @@ class DifferentiableAdam(DifferentiableOptimizer):
     """
 
     tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
-    complex_as_real = True
+    complex_parameters = "real_view"
+    scope = "element"
     #: update a group with ``torch._foreach_*`` kernels (same numbers as the
     #: per-tensor rule, which stays the reference; set False to use it)
     foreach = True
@@ -80,41 +78,33 @@ class DifferentiableAdam(DifferentiableOptimizer):
     ) -> tuple[list[torch.Tensor], list[State]]:
         if self.foreach and len({(p.device, p.dtype) for p in params}) == 1:
             return self._update_foreach(group, params, grads, states)
-        return self._update_per_tensor(group, params, grads, states)
+        return super().update(group, params, grads, states)  # update_one on each tensor
 
-    def _update_per_tensor(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         """The reference rule, one tensor at a time, as torch's single-tensor Adam."""
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         amsgrad = group["amsgrad"]
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            param, grad = decayed(group, param, grad)
-            step = state["step"] + 1
-            exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
-            if isinstance(beta2, torch.Tensor) and beta2.requires_grad:  # torch's differentiable form
-                exp_avg_sq = torch.lerp(state["exp_avg_sq"], grad.square(), 1 - beta2)
-            else:  # torch reads a tensor beta2 that needs no grad as a number here
-                exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, _number(1 - beta2))
-            bias_correction1 = 1 - beta1**step
-            bias_correction2 = 1 - beta2**step
-            step_size = lr / bias_correction1
-            bias_correction2_sqrt = bias_correction2**0.5
-            new_state = {**state, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-            if amsgrad:
-                second_moment = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq)
-                new_state["max_exp_avg_sq"] = second_moment
-            else:
-                second_moment = exp_avg_sq
-            denom = safe_sqrt(second_moment) / bias_correction2_sqrt + eps
-            new_params.append(addcdiv(param, exp_avg, denom, -step_size))
-            new_states.append(new_state)
-        return new_params, new_states
+        param, grad = decayed(group, param, grad)
+        step = state["step"] + 1
+        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+        if isinstance(beta2, torch.Tensor) and beta2.requires_grad:  # torch's differentiable form
+            exp_avg_sq = torch.lerp(state["exp_avg_sq"], grad.square(), 1 - beta2)
+        else:  # torch reads a tensor beta2 that needs no grad as a number here
+            exp_avg_sq = addcmul(state["exp_avg_sq"] * beta2, grad, grad, number(1 - beta2))
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        step_size = lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2**0.5
+        new_state = {**state, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        if amsgrad:
+            second_moment = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq)
+            new_state["max_exp_avg_sq"] = second_moment
+        else:
+            second_moment = exp_avg_sq
+        denom = safe_sqrt(second_moment) / bias_correction2_sqrt + eps
+        return addcdiv(param, exp_avg, denom, -step_size), new_state
 
     def _update_foreach(
         self,
@@ -143,7 +133,7 @@ class DifferentiableAdam(DifferentiableOptimizer):
                                              [1 - beta2] * n)
         else:
             exp_avg_sq = torch._foreach_addcmul(foreach_mul([s["exp_avg_sq"] for s in states], beta2),
-                                                grads, grads, value=_number(1 - beta2))
+                                                grads, grads, value=number(1 - beta2))
         if amsgrad:
             second_moment = torch._foreach_maximum([s["max_exp_avg_sq"] for s in states], exp_avg_sq)
         else:

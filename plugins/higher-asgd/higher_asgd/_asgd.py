@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled, is_zero
+from higher_core.functional import add_scaled, is_zero, scalar_dtype
 from higher_core.optim import DifferentiableOptimizer, State
 
 _SCALARS = ("eta", "mu")
@@ -21,8 +21,7 @@ def _stored(value: Any) -> Any:
         if value.requires_grad:
             return value
         value = value.item()
-    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-    return torch.tensor(value, dtype=dtype).item()
+    return torch.tensor(value, dtype=scalar_dtype()).item()
 
 
 class DifferentiableASGD(DifferentiableOptimizer):
@@ -55,7 +54,8 @@ class DifferentiableASGD(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
-    complex_as_real = True
+    complex_parameters = "real_view"
+    scope = "element"
 
     tensor_hyperparameters = ("lr", "lambd", "alpha", "t0", "weight_decay")
 

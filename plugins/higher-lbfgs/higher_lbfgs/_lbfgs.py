@@ -18,22 +18,6 @@ Number = Union[int, float, torch.Tensor]
 _MIN_CURVATURE = 1e-10
 
 
-def _copied(value: Any, device: torch.device | str | None) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(device=device, copy=True)
-    if isinstance(value, list):
-        return [_copied(v, device) for v in value]
-    return value
-
-
-def _detached(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, list):
-        return [_detached(v) for v in value]
-    return value
-
-
 def _real(x: torch.Tensor) -> torch.Tensor:
     """A complex tensor as its real view with a trailing dimension of 2 (torch's LBFGS flattens those)."""
     return torch.view_as_real(x) if x.is_complex() else x
@@ -96,6 +80,8 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
     """
 
     tensor_hyperparameters = ("lr",)
+    complex_parameters = "real_view"  # flattened as torch does, in step()
+    scope = "global"
 
     def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
         if len(param_groups) != 1:
@@ -118,7 +104,6 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
             )
 
 
-
     def export_state(self, opt: torch.optim.Optimizer) -> None:
         """Write the global state into ``opt`` under its first parameter, where ``torch.optim.LBFGS`` keeps it."""
         theirs = opt.param_groups
@@ -131,7 +116,6 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
         if owner is not None:
             first = opt.param_groups[0]["params"][0]
             opt.state[first] = self.export_param_state(self.state[owner], first)
-
 
     def step(  # type: ignore[override]
         self,
@@ -161,10 +145,10 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
                 f"{type(self).__name__}.step() takes a closure params -> loss (it re-evaluates the "
                 f"loss at new iterates), got {type(closure).__name__}"
             )
-        params = self._fast_weights(params)
-        group = self._groups_for_step(override)[0]
-        new_params = _Run(self, group, closure, grad_callback or self._grad_callback).run(params)
-        return self._finish_step(params, new_params)
+        params = self.fast_weights(params)
+        group = self.groups_for_step(override)[0]
+        new_params = _Run(self, group, closure, grad_callback).run(params)
+        return self.finish_step(params, new_params)
 
 
 class _Run:
@@ -188,7 +172,7 @@ class _Run:
                 "from the fast weights it was given (was it computed under torch.no_grad(), or from "
                 "the original module?)"
             )
-        return loss, self.optimizer._gradients(loss, current, self.callback)
+        return loss, self.optimizer.gradients(loss, current, self.callback)
 
     def flatten(self, grads: list[torch.Tensor | None], current: list[torch.Tensor]) -> torch.Tensor:
         """The gradients as one real vector (zeros where there is none; complex ones as real pairs)."""

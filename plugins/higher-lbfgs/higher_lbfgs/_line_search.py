@@ -22,7 +22,7 @@ from typing import NamedTuple, Union
 
 import torch
 
-from higher_core.functional import safe_sqrt
+from higher_core.functional import as_float64, safe_sqrt
 
 __all__ = ["Trial", "as_number", "cubic_minimizer", "meets", "strong_wolfe"]
 
@@ -34,9 +34,7 @@ def as_number(loss: torch.Tensor) -> torch.Tensor:
 
     (MPS has no float64: there the loss keeps its dtype.)
     """
-    if loss.dtype == torch.float64 or loss.device.type == "mps":
-        return loss
-    return loss.to(torch.float64)
+    return as_float64(loss)
 
 
 def meets(number: Number, tensor: Number) -> Number:

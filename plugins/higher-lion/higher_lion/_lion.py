@@ -41,6 +41,8 @@ class DifferentiableLion(DifferentiableOptimizer):
     """
 
     tensor_hyperparameters = ("lr", "betas", "weight_decay")
+    complex_parameters = "native"  # lion_pytorch steps complex tensors with the complex sign
+    scope = "element"
 
     def __init__(self, other: torch.optim.Optimizer, reference_params: Iterable[torch.Tensor],
                  *args: Any, **kwargs: Any) -> None:
@@ -56,32 +58,17 @@ class DifferentiableLion(DifferentiableOptimizer):
         self._decoupled_wd: bool = bool(getattr(other, "decoupled_wd", False))
         super().__init__(other, reference_params, *args, **kwargs)
 
-    def _update_complex(
-        self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor], states: list[State]
-    ) -> tuple[list[torch.Tensor], list[State]]:
-        # lion_pytorch steps a complex parameter as it is, with the complex sign z/|z|
-        # (torch.sgn), not on its real view: the update rule takes complex tensors unchanged.
-        return self.update(group, params, grads, states)
-
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
         return {"exp_avg": torch.zeros_like(param)}
 
-    def update(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         lr, (beta1, beta2), weight_decay = group["lr"], group["betas"], group["weight_decay"]
         if self._decoupled_wd:
             weight_decay = weight_decay / self._init_lr
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            exp_avg = state["exp_avg"]
-            if not is_zero(weight_decay):  # lion_pytorch multiplies by 1 - lr * 0 = 1 otherwise
-                param = param * (1.0 - lr * weight_decay)
-            direction = torch.sgn(add_scaled(exp_avg * beta1, grad, 1.0 - beta1))
-            new_params.append(add_scaled(param, direction, -lr))
-            new_states.append({**state, "exp_avg": add_scaled(exp_avg * beta2, grad, 1.0 - beta2)})
-        return new_params, new_states
+        exp_avg = state["exp_avg"]
+        if not is_zero(weight_decay):  # lion_pytorch multiplies by 1 - lr * 0 = 1 otherwise
+            param = param * (1.0 - lr * weight_decay)
+        direction = torch.sgn(add_scaled(exp_avg * beta1, grad, 1.0 - beta1))
+        return add_scaled(param, direction, -lr), {**state, "exp_avg": add_scaled(exp_avg * beta2, grad, 1.0 - beta2)}

@@ -95,6 +95,7 @@ class DifferentiableMuon(DifferentiableOptimizer):
     """
 
     tensor_hyperparameters = ("lr", "weight_decay", "momentum")
+    scope = "tensor"
 
     def __init__(
         self,
@@ -134,23 +135,15 @@ class DifferentiableMuon(DifferentiableOptimizer):
             return forward
         return with_derivatives_of(forward, newton_schulz(update, *options))
 
-    def update(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            if grad.dim() != 2:
-                raise ValueError(f"Muon only supports 2-D parameters, got shape {tuple(grad.shape)}")
-            buf = torch.lerp(state["momentum_buffer"], grad, 1 - momentum)
-            update = torch.lerp(grad, buf, momentum) if group["nesterov"] else buf
-            ortho = self._orthogonalize(update, group)
-            adjusted_lr = lr * _lr_ratio(group["adjust_lr_fn"], param.shape)
-            param = param * (1 - lr * weight_decay)
-            new_params.append(add_scaled_exact(param, ortho, -adjusted_lr))
-            new_states.append({**state, "momentum_buffer": buf})
-        return new_params, new_states
+        if grad.dim() != 2:
+            raise ValueError(f"Muon only supports 2-D parameters, got shape {tuple(grad.shape)}")
+        buf = torch.lerp(state["momentum_buffer"], grad, 1 - momentum)
+        update = torch.lerp(grad, buf, momentum) if group["nesterov"] else buf
+        ortho = self._orthogonalize(update, group)
+        adjusted_lr = lr * _lr_ratio(group["adjust_lr_fn"], param.shape)
+        param = param * (1 - lr * weight_decay)
+        return add_scaled_exact(param, ortho, -adjusted_lr), {**state, "momentum_buffer": buf}

@@ -7,13 +7,9 @@ from typing import Any, Union
 
 import torch
 
-from higher_core.functional import Scalar, addcdiv, addcmul, decayed, safe_sqrt
+from higher_core.functional import Scalar, addcdiv, addcmul, decayed, safe_sqrt, scalar_dtype
 from higher_core.optim import DifferentiableOptimizer, State
 
-
-def _scalar_dtype() -> torch.dtype:
-    """The dtype torch gives ``step`` and ``mu_product`` (float64 only under a float64 default)."""
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def _value(x: Union[float, torch.Tensor]) -> Scalar:
@@ -55,14 +51,15 @@ class DifferentiableNAdam(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
-    complex_as_real = True
+    complex_parameters = "real_view"
+    scope = "element"
 
     tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay", "momentum_decay")
 
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
         return {
             "step": 0.0,
-            "mu_product": torch.tensor(1.0, dtype=_scalar_dtype()),
+            "mu_product": torch.tensor(1.0, dtype=scalar_dtype()),
             "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
             "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
         }

@@ -7,12 +7,11 @@ from typing import Any
 
 import torch
 
-from higher_core.functional import add_scaled_exact, addcdiv, is_zero, safe_sqrt
+from higher_core.functional import add_scaled_exact, addcdiv, as_float64, is_zero, safe_sqrt
 from higher_core.optim import DifferentiableOptimizer, State
 from higher_prodigy._scalars import (
     Scalar,
     addcmul_exact,
-    as_double,
     first_max,
     first_min,
     is_inf,
@@ -69,6 +68,7 @@ class DifferentiableProdigy(DifferentiableOptimizer):
     """
 
     tensor_hyperparameters = ("lr", "betas", "beta3", "eps", "weight_decay", "d_coef", "growth_rate")
+    scope = "global"
 
     def __init__(self, other: torch.optim.Optimizer, reference_params: Iterable[torch.Tensor],
                  *args: Any, **kwargs: Any) -> None:
@@ -77,14 +77,13 @@ class DifferentiableProdigy(DifferentiableOptimizer):
             raise ValueError(_FSDP_REFUSAL)
         if any(p.is_complex() for p in reference):
             raise ValueError(_COMPLEX_REFUSAL)
+        _refuse_running_overrides(kwargs.get("override", args[2] if len(args) > 2 else None))
         super().__init__(other, reference, *args, **kwargs)
-        _refuse_running_overrides(self._override)
-        self.check_param_groups(self._groups_for_step(None))
-        #: per param group: prodigyopt's running ``d``, ``d_max``, ``d_numerator``, ``k``
-        #: (and ``d_denom``, ``d_hat`` after a step); numbers or 0-d tensors in the graph
-        self.group_state: list[dict[str, Any]] = [
-            {key: group.pop(key) for key in RUNNING_KEYS if key in group} for group in self.param_groups
-        ]
+
+    def import_group_state(self, group: dict[str, Any]) -> State:
+        """prodigyopt's running ``d``, ``d_max``, ``d_numerator``, ``k`` (and ``d_denom``, ``d_hat``
+        after a step), taken out of the param group; numbers, or 0-d tensors in the graph after a step."""
+        return {key: group.pop(key) for key in RUNNING_KEYS if key in group}
 
     # -- options -------------------------------------------------------------------------
     def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
@@ -119,20 +118,6 @@ class DifferentiableProdigy(DifferentiableOptimizer):
         exported["step"] = int(state["step"])  # prodigyopt counts with a Python int
         return exported
 
-    def export_state(self, opt: torch.optim.Optimizer) -> None:
-        """Write the parameters' state and the running ``d``, ``d_max``, ... into ``opt``'s param groups."""
-        super().export_state(opt)
-        for ours, theirs in zip(self.group_state, opt.param_groups):
-            for key, v in ours.items():
-                theirs[key] = v if key == "k" else value(v)
-
-    def detach_state(self) -> None:
-        super().detach_state()
-        for running in self.group_state:
-            for key, v in running.items():
-                if isinstance(v, torch.Tensor):
-                    running[key] = v.detach()
-
     # -- the step ------------------------------------------------------------------------
     def update_groups(self, groups: list[dict[str, Any]], params: list[torch.Tensor],
                       grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
@@ -163,7 +148,9 @@ class DifferentiableProdigy(DifferentiableOptimizer):
         active = [[i for i in group["params"] if grads[i] is not None] for group in groups]
         effective: dict[int, torch.Tensor] = {}
         states: dict[int, State] = {}
-        for group, indices in zip(groups, active):
+        for number, (group, indices) in enumerate(zip(groups, active)):
+            if indices:
+                self.check_devices(number, group, params, indices)
             decay, group_lr, d0 = group["weight_decay"], group["lr"], group["d0"]
             slice_p = group["slice_p"]
             for i in indices:
@@ -177,13 +164,13 @@ class DifferentiableProdigy(DifferentiableOptimizer):
                 if value(group_lr) > 0.0:
                     sliced_grad = grad.flatten()[::slice_p]
                     dot = torch.dot(sliced_grad, state["p0"] - p.flatten()[::slice_p])
-                    delta_numerator = delta_numerator + (d / d0) * dlr * as_double(dot)
+                    delta_numerator = delta_numerator + (d / d0) * dlr * as_float64(dot)
                     if value(beta1) > 0:
                         state["exp_avg"] = add_scaled_exact(state["exp_avg"] * beta1, grad, d * (1 - beta1))
                     state["exp_avg_sq"] = addcmul_exact(state["exp_avg_sq"] * beta2, grad, grad, d * d * (1 - beta2))
                     alpha = (d / d0) * d if group["safeguard_warmup"] else (d / d0) * dlr
                     state["s"] = add_scaled_exact(state["s"] * beta3, sliced_grad, alpha)
-                    d_denom = d_denom + as_double(state["s"].abs().sum())
+                    d_denom = d_denom + as_float64(state["s"].abs().sum())
                 states[i] = state
 
         new_params = list(params)
@@ -231,8 +218,8 @@ _COMPLEX_REFUSAL = (
 )
 
 
-def _refuse_running_overrides(override: Mapping[str, Any]) -> None:
-    running = sorted(set(override) & set(RUNNING_KEYS))
+def _refuse_running_overrides(override: Mapping[str, Any] | None) -> None:
+    running = sorted(set(override or ()) & set(RUNNING_KEYS))
     if running:
         raise ValueError(
             f"override {running}: these are Prodigy's running step-size statistics, updated at "

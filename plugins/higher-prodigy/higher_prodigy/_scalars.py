@@ -13,16 +13,16 @@ from typing import Union
 
 import torch
 
-from higher_core.functional import safe_sqrt
+from higher_core.functional import number, safe_sqrt
 
-__all__ = ["Scalar", "addcmul_exact", "as_double", "first_max", "first_min", "is_inf", "sqrt", "value"]
+__all__ = ["Scalar", "addcmul_exact", "first_max", "first_min", "is_inf", "sqrt", "value"]
 
 Scalar = Union[float, torch.Tensor]
 
 
 def value(x: Scalar) -> float:
     """The number a scalar holds (what ``prodigyopt`` compares)."""
-    return x.detach().item() if isinstance(x, torch.Tensor) else float(x)
+    return float(number(x))
 
 
 def first_max(a: Scalar, b: Scalar) -> Scalar:
@@ -39,12 +39,6 @@ def sqrt(x: Scalar) -> Scalar:
     """``math.sqrt`` for a number; a square root with a finite derivative at 0 for a tensor."""
     return safe_sqrt(x) if isinstance(x, torch.Tensor) else math.sqrt(x)
 
-
-def as_double(x: torch.Tensor) -> torch.Tensor:
-    """A 0-d statistic in float64, as ``prodigyopt``'s ``.item()`` gives it (MPS has no float64)."""
-    if x.dtype == torch.float64 or x.device.type == "mps":
-        return x
-    return x.to(torch.float64)
 
 
 def addcmul_exact(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, v: Scalar) -> torch.Tensor:

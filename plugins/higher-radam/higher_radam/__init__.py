@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from higher_core import hookimpl
+from higher_core import plugin_hooks
 from higher_radam._radam import DifferentiableRAdam
 
 __all__ = ["DifferentiableRAdam", "higher_core_conformance", "higher_core_optimizers"]
 
-
-@hookimpl
-def higher_core_optimizers() -> dict[type, type]:
-    """This plugin provides ``torch.optim.RAdam``."""
-    return {torch.optim.RAdam: DifferentiableRAdam}
-
-
-@hookimpl
-def higher_core_conformance() -> list[object]:
-    """The conformance table of ``torch.optim.RAdam`` (imported only when asked for)."""
-    from higher_radam._conformance import RADAM_INFO
-
-    return [RADAM_INFO]
+higher_core_optimizers, higher_core_conformance = plugin_hooks(
+    {torch.optim.RAdam: DifferentiableRAdam}, conformance="higher_radam._conformance:RADAM_INFO"
+)

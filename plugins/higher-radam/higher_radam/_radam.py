@@ -46,7 +46,8 @@ class DifferentiableRAdam(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
-    complex_as_real = True
+    complex_parameters = "real_view"
+    scope = "element"
 
     tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
 

@@ -49,7 +49,8 @@ class DifferentiableRMSprop(DifferentiableOptimizer):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
 
-    complex_as_real = True
+    complex_parameters = "real_view"
+    scope = "element"
 
     tensor_hyperparameters = ("lr", "alpha", "eps", "weight_decay", "momentum")
 

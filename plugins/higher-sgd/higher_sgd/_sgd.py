@@ -34,32 +34,23 @@ class DifferentiableSGD(DifferentiableOptimizer):
     """
 
     tensor_hyperparameters = ("lr", "momentum", "dampening", "weight_decay")
-    complex_as_real = True
+    complex_parameters = "real_view"
+    scope = "element"
 
-    def update(
-        self,
-        group: Mapping[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[State],
-    ) -> tuple[list[torch.Tensor], list[State]]:
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
         weight_decay, nesterov = group["weight_decay"], group["nesterov"]
-        use_momentum = not is_zero(momentum)
-        new_params, new_states = [], []
-        for param, grad, state in zip(params, grads, states):
-            if group.get("maximize", False):
-                grad = -grad
-            if not is_zero(weight_decay):
-                grad = add_scaled(grad, param, weight_decay)
-            if use_momentum:
-                buf = state.get("momentum_buffer")
-                buf = grad if buf is None else add_scaled(buf * momentum, grad, 1 - dampening)
-                grad = add_scaled(grad, buf, momentum) if nesterov else buf
-                state = {**state, "momentum_buffer": buf}
-            if isinstance(lr, torch.Tensor) and lr.requires_grad:
-                new_params.append(torch.addcmul(param, grad, lr, value=-1))  # torch's op for such an lr
-            else:
-                new_params.append(add_scaled_exact(param, grad, -lr))  # torch reads a tensor lr as a number
-            new_states.append(state)
-        return new_params, new_states
+        if group.get("maximize", False):
+            grad = -grad
+        if not is_zero(weight_decay):
+            grad = add_scaled(grad, param, weight_decay)
+        if not is_zero(momentum):
+            buf = state.get("momentum_buffer")
+            buf = grad if buf is None else add_scaled(buf * momentum, grad, 1 - dampening)
+            grad = add_scaled(grad, buf, momentum) if nesterov else buf
+            state = {**state, "momentum_buffer": buf}
+        if isinstance(lr, torch.Tensor) and lr.requires_grad:
+            return torch.addcmul(param, grad, lr, value=-1), state  # torch's op for such an lr
+        return add_scaled_exact(param, grad, -lr), state  # torch reads a tensor lr as a number

@@ -1,0 +1,43 @@
+"""Stepping complex parameters on their real views, as ``torch.optim``'s element-wise optimizers do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["on_real_views"]
+
+Update = Callable[..., "tuple[list[torch.Tensor], list[dict[str, Any]]]"]
+
+
+def _real(value: Any) -> Any:
+    return torch.view_as_real(value) if isinstance(value, torch.Tensor) and value.is_complex() else value
+
+
+def on_real_views(update: Update, group: Mapping[str, Any], params: list[torch.Tensor],
+                  grads: list[torch.Tensor], states: list[dict[str, Any]]
+                  ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """``update`` applied to the ``(..., 2)`` real views of complex parameters, gradients and state.
+
+    ``torch.optim`` steps a complex parameter as its real view; the operations it
+    applies before taking the view (``maximize``, weight decay) are element-wise
+    and linear, so applying them to the view gives the same numbers. State that
+    was complex, and state first made in this step shaped like a complex
+    parameter's view, is returned complex.
+    """
+    updated, new_states = update(
+        group, [_real(p) for p in params], [_real(g) for g in grads],
+        [{k: _real(v) for k, v in s.items()} for s in states],
+    )
+    restored_states = []
+    for param, old, new in zip(params, states, new_states):
+        complex_keys = {k for k, v in old.items() if isinstance(v, torch.Tensor) and v.is_complex()}
+        if param.is_complex():
+            real_shape = torch.view_as_real(param).shape
+            complex_keys |= {k for k, v in new.items()
+                             if k not in old and isinstance(v, torch.Tensor) and v.shape == real_shape}
+        restored_states.append({k: torch.view_as_complex(v) if k in complex_keys else v for k, v in new.items()})
+    restored = [torch.view_as_complex(u) if p.is_complex() else u for p, u in zip(params, updated)]
+    return restored, restored_states
