@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from higher_core import batched
+from higher_core._boundary import check_bool, check_device, check_module
 from higher_core._optimizer import DifferentiableOptimizer
 from higher_core._overrides import Override
 from higher_core._registry import resolve
@@ -30,6 +31,10 @@ def innerloop_ctx(
     **kwargs: Any,
 ) -> Iterator[tuple[PatchedModule, DifferentiableOptimizer]]:
     """A context manager for writing differentiable inner loops.
+
+    Every argument is checked here, before anything is copied. A
+    ``torch.compile``'d model is unwrapped (its ``_orig_mod`` runs uncompiled:
+    a compiled graph cannot take fast weights), with a warning.
 
     Args:
         model: the module to adapt.
@@ -61,6 +66,10 @@ def innerloop_ctx(
         >>> model.weight.grad.shape
         torch.Size([1, 4])
     """
+    model = check_module(model, "innerloop_ctx")
+    device = check_device(device, "innerloop_ctx")
+    copy_initial_weights = check_bool(copy_initial_weights, "innerloop_ctx", "copy_initial_weights")
+    track_higher_grads = check_bool(track_higher_grads, "innerloop_ctx", "track_higher_grads")
     if tasks is not None:  # batched tasks: higher_core/batched
         yield batched.innerloop(model, opt, tasks, device=device, copy_initial_weights=copy_initial_weights,
                                 override=override, track_higher_grads=track_higher_grads, **kwargs)

@@ -2,8 +2,9 @@
 
 :func:`monkeypatch` returns a :class:`PatchedModule`: a stand-in for the
 original module whose parameters are *fast weights*, plain tensors that the
-inner loop replaces out of place. It works on a copy of the module (buffers
-copied, parameters not) from whose ``_parameters`` the weights are moved into
+inner loop replaces out of place. It works on a shallow copy of the module
+tree (:mod:`higher_core._module_copy`: plain attributes shared with the
+original, buffers copied, parameters not) from whose ``_parameters`` the weights are moved into
 the owning submodule's ``__dict__``: plain attributes, which is what
 ``torch.func.functional_call``, the RNN weight cache, parametrizations and the
 legacy ``weight_norm`` all read through ``getattr``. The module's own
@@ -22,28 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from higher_core._boundary import check_bool, check_device, check_fast_weights, check_module, device_of
+from higher_core._module_copy import deep_tree_copy, shallow_tree_copy
+
 __all__ = ["PatchedModule", "_MonkeyPatchBase", "buffer_sync", "make_functional", "monkeypatch"]
 
+# What every fast weight must be: the shape, dtype and device of its parameter.
+Meta = tuple[torch.Size, torch.dtype, torch.device]
 # Where one fast weight lives: (submodule.__dict__, submodule._parameters, attribute name).
 _Slot = tuple[dict, dict, str]
 _NO_CUDNN = "_higher_core_no_cudnn"  # set on the patched copy's RNN modules while tracking
 _CUDNN_WAS_ON = "_higher_core_cudnn_was_on"
-
-
-def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
-    """``copy.deepcopy(module, memo)``, with non-leaf tensors held as attributes copied detached.
-
-    Autograd cannot deep-copy a tensor that has a ``grad_fn`` (e.g. the ``weight``
-    the legacy ``weight_norm`` recomputes every forward, or a fast weight cached
-    in an RNN's ``_flat_weights``); those are copied as detached clones. Tensors
-    already in ``memo`` (the parameters, when they are to be shared) are kept.
-    """
-    for sub in module.modules():
-        for value in sub.__dict__.values():
-            for tensor in value if isinstance(value, (list, tuple)) else (value,):
-                if isinstance(tensor, torch.Tensor) and not tensor.is_leaf and id(tensor) not in memo:
-                    memo[id(tensor)] = tensor.detach().clone()
-    return copy.deepcopy(module, memo)
 
 
 def _parameters_to_attributes(copy_: nn.Module, params: list[torch.Tensor]) -> list[list[str]]:
@@ -131,46 +121,45 @@ class PatchedModule(nn.Module):
 
     def __init__(self, module: nn.Module, device: torch.device | str | None = None,
                  track_higher_grads: bool = True) -> None:
+        module = check_module(module, type(self).__name__, "module")
+        device = check_device(device, type(self).__name__)
         super().__init__()
         reference = list(module.parameters())
-        patched = _copy_module(module, {id(p): p for p in reference})
-        if device is not None:
-            for sub in patched.modules():
-                for name, buf in sub._buffers.items():
-                    if buf is not None:
-                        sub._buffers[name] = buf.to(device)
+        patched = shallow_tree_copy(module, device)
         paths = _parameters_to_attributes(patched, reference)
         for sub in patched.modules():
             if isinstance(sub, nn.RNNBase):
                 sub.register_forward_pre_hook(_rnn_cudnn_off)
                 sub.register_forward_hook(_rnn_cudnn_restore, always_call=True)
-        self._setup(patched, paths, [tuple(p.shape) for p in reference], track_higher_grads, device)
+        meta = [(p.shape, p.dtype, device_of(p.device, device)) for p in reference]
+        self._setup(patched, paths, meta, track_higher_grads, device)
 
-    def _setup(self, patched: nn.Module, paths: list[list[str]], shapes: list[tuple[int, ...]],
-               track_higher_grads: bool, device: torch.device | str | None) -> None:
+    def _setup(self, patched: nn.Module, paths: list[list[str]], meta: list[Meta],
+               track_higher_grads: bool, device: torch.device | None) -> None:
         d = self.__dict__
         d["_patched"] = patched
         d["_slot_paths"] = paths
+        d["_names"] = [names[0] for names in paths]
         d["_slots"] = _bind_slots(patched, paths)
         d["_tied"] = [i for i, names in enumerate(paths) if len(names) > 1]
         d["_rnns"] = [sub for sub in patched.modules() if isinstance(sub, nn.RNNBase)]
-        d["_param_shapes"] = shapes
+        d["_param_meta"] = meta
         d["_fast_params"] = None
+        d["_initial"] = None
         d["_device"] = device
         # The patched module *is* the copy for attribute access: share its containers.
         d["_modules"] = patched._modules
         d["_parameters"] = patched._parameters
         d["_buffers"] = patched._buffers
-        d["training"] = patched.training
-        self.track_higher_grads = bool(track_higher_grads)
+        self.track_higher_grads = check_bool(track_higher_grads, type(self).__name__, "track_higher_grads")
 
     @classmethod
-    def _from_parts(cls, patched: nn.Module, paths: list[list[str]], shapes: list[tuple[int, ...]],
+    def _from_parts(cls, patched: nn.Module, paths: list[list[str]], meta: list[Meta],
                     fast: list[torch.Tensor] | None, track_higher_grads: bool,
-                    device: torch.device | str | None) -> PatchedModule:
+                    device: torch.device | None) -> PatchedModule:
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self._setup(patched, paths, shapes, track_higher_grads, device)
+        self._setup(patched, paths, meta, track_higher_grads, device)
         if fast is not None:
             self.update_params(fast)
         return self
@@ -178,7 +167,7 @@ class PatchedModule(nn.Module):
     # -- the forward -----------------------------------------------------------------
     def forward(self, *args: Any, params: Iterable[torch.Tensor] | None = None, **kwargs: Any) -> Any:
         if params is not None:
-            params = list(params)
+            params = check_fast_weights(params, self._param_meta, self._names, "fmodel(..., params=)")
             latest = self.fast_params
             if latest is None or len(latest) != len(params) or any(a is not b for a, b in zip(latest, params)):
                 self.update_params(params)
@@ -193,13 +182,19 @@ class PatchedModule(nn.Module):
 
     # -- fast weights -------------------------------------------------------------------
     def update_params(self, params: Iterable[torch.Tensor]) -> None:
-        """Make ``params`` the latest fast weights (appended to the history while tracking)."""
-        params = list(params)
-        if len(params) != len(self._slots):
-            raise ValueError(
-                f"expected {len(self._slots)} fast weights (one per parameter of the original "
-                f"module, in the order of module.parameters()), got {len(params)}"
-            )
+        """Make ``params`` the latest fast weights (appended to the history while tracking).
+
+        Each must have the shape, dtype and device of its parameter. In test mode
+        (``track_higher_grads=False``) an initial fast weight carried over unchanged
+        is detached, as ``higher`` detached every weight it stepped, so that nothing
+        after the first update reaches the original module.
+        """
+        params = check_fast_weights(params, self._param_meta, self._names, "update_params")
+        initial = self._initial
+        if initial is not None and self._fast_params is not None and not self._track_higher_grads:
+            params = [p.detach().requires_grad_(p.requires_grad) if p is q else p
+                      for p, q in zip(params, initial)]
+            self.__dict__["_initial"] = None
         for tensor, slots in zip(params, self._slots):
             for attrs, _, name in slots:
                 attrs[name] = tensor
@@ -349,6 +344,7 @@ class PatchedModule(nn.Module):
             raise ValueError("this patched module has no fast weights yet")
         latest = [p.detach().requires_grad_(p.requires_grad) for p in self.fast_params]
         self.__dict__["_fast_params"] = None
+        self.__dict__["_initial"] = None
         self.update_params(latest)
         return self
 
@@ -369,19 +365,43 @@ class PatchedModule(nn.Module):
             >>> float(net.weight.detach().abs().sum())
             0.0
         """
+        module = check_module(module, "copy_to", "module")
+        buffers = check_bool(buffers, "copy_to", "buffers")
         if self._fast_params is None:
             raise ValueError("this patched module has no fast weights yet")
-        targets = list(module.parameters())
-        if [tuple(p.shape) for p in targets] != self._param_shapes:
-            raise ValueError(
-                "copy_to: the module's parameters do not match the patched module's fast weights "
-                "(pass the module that was patched)"
-            )
-        for target, fast in zip(targets, self.fast_params):
+        targets = list(module.named_parameters())
+        sources = list(self._patched.named_buffers()) if buffers else []
+        target_buffers = dict(module.named_buffers()) if buffers else {}
+        _check_copy_targets(targets, self._names, self._param_meta, sources, target_buffers)
+        for (_, target), fast in zip(targets, self.fast_params):
             target.copy_(fast)
-        if buffers:
-            for name, buf in self._patched.named_buffers():
-                module.get_buffer(name).copy_(buf)
+        for name, buf in sources:
+            target_buffers[name].copy_(buf)
+
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        """Training mode: the private copy's flag, so ``fmodel.training = False`` is ``fmodel.eval()`` at the root."""
+        patched = self.__dict__.get("_patched")
+        return True if patched is None else patched.training
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        patched = self.__dict__.get("_patched")
+        if patched is not None:  # (nn.Module.__init__ sets it before there is a copy)
+            patched.training = check_bool(value, "fmodel.training = ", "value")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the ``.grad`` of fast weights that are leaves (as ``nn.Module.zero_grad``).
+
+        The initial fast weights are never the original module's parameters, so
+        gradients accumulated there (meta-gradients over episodes) are left alone.
+        """
+        for p in self.fast_params or ():
+            if (p.is_leaf or p.retains_grad) and p.grad is not None:
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_().zero_()
 
     @property
     def track_higher_grads(self) -> bool:
@@ -405,13 +425,13 @@ class PatchedModule(nn.Module):
                 if id(p) not in memo:
                     memo[id(p)] = p.detach().clone().requires_grad_(p.requires_grad)
                 fast.append(memo[id(p)])
-        patched = _copy_module(self._patched, memo)
-        return self._from_parts(patched, copy.deepcopy(self._slot_paths), list(self._param_shapes),
+        patched = deep_tree_copy(self._patched, memo)
+        return self._from_parts(patched, copy.deepcopy(self._slot_paths), list(self._param_meta),
                                 fast, self._track_higher_grads, self._device)
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         clone = copy.deepcopy(self)
-        return _rebuild, (type(self), clone._patched, clone._slot_paths, clone._param_shapes,
+        return _rebuild, (type(self), clone._patched, clone._slot_paths, clone._param_meta,
                           clone.fast_params, clone._track_higher_grads, clone._device)
 
     # -- behaving like the original ------------------------------------------------------
@@ -447,11 +467,6 @@ class PatchedModule(nn.Module):
     def __contains__(self, item: Any) -> bool:
         return item in self._patched
 
-    def train(self, mode: bool = True) -> PatchedModule:
-        super().train(mode)
-        self._patched.training = mode
-        return self
-
     def extra_repr(self) -> str:
         return f"patched {type(self._patched).__name__}, {len(self._slots)} fast weights"
 
@@ -466,9 +481,31 @@ def _initial_fast_weights(module: nn.Module, device: torch.device | str | None,
     for p in module.parameters():
         if copy_initial_weights:
             weights.append(p.detach().to(device=device, copy=True).requires_grad_(p.requires_grad))
-        else:
-            weights.append(p if device is None else p.to(device))
+        else:  # a non-leaf alias (as higher's clone, without the copy): gradients reach p
+            moved = p if device is None else p.to(device)
+            weights.append(moved.view_as(moved) if moved is p else moved)
     return weights
+
+
+def _check_copy_targets(targets: list[tuple[str, torch.Tensor]], names: list[str], meta: list[Meta],
+                        sources: list[tuple[str, torch.Tensor]], target_buffers: dict[str, torch.Tensor]) -> None:
+    """Refuse a ``copy_to`` target whose parameter names/shapes or buffers differ, before anything is written."""
+    got = [(name, tuple(p.shape)) for name, p in targets]
+    expected = [(name, tuple(shape)) for name, (shape, _, _) in zip(names, meta)]
+    if got != expected:
+        wrong = next(((a, b) for a, b in zip(got, expected) if a != b), None)
+        detail = (f"parameter {wrong[0][0]!r} of shape {wrong[0][1]} where the patched module has "
+                  f"{wrong[1][0]!r} of shape {wrong[1][1]}") if wrong else \
+            f"{len(got)} parameters where the patched module has {len(expected)}"
+        raise ValueError(f"copy_to(module=...): the module does not match the patched module ({detail}); "
+                         "pass the module that was patched. Nothing was written.")
+    for name, buf in sources:
+        target = target_buffers.get(name)
+        if target is None or target.shape != buf.shape:
+            found = "missing" if target is None else f"of shape {tuple(target.shape)}"
+            raise ValueError(f"copy_to(module=..., buffers=True): buffer {name!r} of shape {tuple(buf.shape)} "
+                             f"is {found} in the module; pass buffers=False or the module that was patched. "
+                             "Nothing was written.")
 
 
 def make_functional(module: nn.Module,
@@ -484,6 +521,10 @@ def make_functional(module: nn.Module,
         >>> fnet = higher_core.patch.make_functional(net)
         >>> y = fnet(torch.ones(1, 2), params=[p.detach().clone() for p in net.parameters()])
     """
+    module = check_module(module, "make_functional", "module")
+    if encapsulator is not None and not callable(encapsulator):
+        raise TypeError(f"make_functional(encapsulator=...) must be None or a callable "
+                        f"(fmodule, module) -> None, got {type(encapsulator).__name__}")
     fmodule = PatchedModule(module)
     if encapsulator is not None:
         encapsulator(fmodule, module)
@@ -500,7 +541,9 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
         device: a device to cast the fast weights and buffers to.
         copy_initial_weights: if True, the initial fast weights are detached copies
             of the module's parameters (not on the gradient tape); if False, they are
-            the parameters themselves, so meta-gradients reach the module (MAML).
+            non-leaf aliases of the parameters (``p.view_as(p)``), so meta-gradients
+            reach the module (MAML) while ``fmodel.zero_grad()`` and the inner steps'
+            gradients (taken w.r.t. the aliases) leave the module's own alone.
         track_higher_grads: if False, only the latest fast weights are kept and the
             unroll is not differentiable (test mode; memory stays flat).
         tasks: if given, a :class:`higher_core.batched.BatchedPatchedModule` for a
@@ -514,20 +557,28 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
         >>> import torch, higher_core
         >>> net = torch.nn.Linear(3, 1)
         >>> fnet = higher_core.patch.monkeypatch(net, copy_initial_weights=False)
-        >>> fnet.fast_params[0] is net.weight
-        True
+        >>> fnet.fast_params[0] is net.weight, fnet.fast_params[0].is_leaf
+        (False, False)
     """
+    module = check_module(module, "monkeypatch", "module")
+    device = check_device(device, "monkeypatch")
+    copy_initial_weights = check_bool(copy_initial_weights, "monkeypatch", "copy_initial_weights")
+    track_higher_grads = check_bool(track_higher_grads, "monkeypatch", "track_higher_grads")
     if tasks is not None:  # batched tasks: higher_core/batched
         from higher_core.batched import BatchedPatchedModule
         return BatchedPatchedModule(module, tasks, device=device, copy_initial_weights=copy_initial_weights,
                                     track_higher_grads=track_higher_grads)  # type: ignore[return-value]
     fmodule = PatchedModule(module, device=device, track_higher_grads=track_higher_grads)
-    fmodule.update_params(_initial_fast_weights(module, device, copy_initial_weights))
+    initial = _initial_fast_weights(module, device, copy_initial_weights)
+    fmodule.update_params(initial)
+    fmodule.__dict__["_initial"] = initial
     return fmodule
 
 
 def buffer_sync(module: nn.Module, fmodule: PatchedModule, device: torch.device | str | None = None) -> None:
     """One-off copy of ``module``'s buffers into ``fmodule`` (cast to ``device`` if given)."""
+    module = check_module(module, "buffer_sync", "module")
+    fmodule = check_module(fmodule, "buffer_sync", "fmodule")
     patched = fmodule._patched if isinstance(fmodule, PatchedModule) else fmodule
     for name, buf in module.named_buffers():
         owner_path, _, leaf = name.rpartition(".")

@@ -93,7 +93,11 @@ def test_copy_initial_weights():
     copied = monkeypatch(net, copy_initial_weights=True)
     assert all(f is not p and f.is_leaf and torch.equal(f, p) for f, p in zip(copied.fast_params, net.parameters()))
     shared = monkeypatch(net, copy_initial_weights=False)
-    assert all(f is p for f, p in zip(shared.fast_params, net.parameters()))
+    # non-leaf aliases of the parameters (higher: clones): same memory, gradients reach the parameters
+    assert all(f is not p and not f.is_leaf and f.data_ptr() == p.data_ptr()
+               for f, p in zip(shared.fast_params, net.parameters()))
+    shared(torch.ones(1, 2)).sum().backward()
+    assert torch.equal(net.weight.grad, torch.ones(1, 2)) and torch.equal(net.bias.grad, torch.ones(1))
 
 
 def test_test_mode_keeps_only_the_latest_weights_and_no_graph():
@@ -303,13 +307,14 @@ def test_named_parameters_and_state_dict_are_the_originals_with_fast_weights():
 
 def test_functional_call_with_parameters_leaves_the_fast_weights_alone():
     net = nn.Linear(2, 2).double()
-    fnet = monkeypatch(net, copy_initial_weights=False)  # the fast weights are the nn.Parameters
+    fnet = monkeypatch(net, copy_initial_weights=False)  # the fast weights alias the nn.Parameters
+    before = fnet.fast_params
     x = torch.randn(3, 2, dtype=torch.float64)
     doubled = {name: nn.Parameter(2 * p.detach()) for name, p in net.named_parameters()}
     got = torch.func.functional_call(fnet, doubled, (x,))
     torch.testing.assert_close(got, torch.func.functional_call(net, doubled, (x,)), rtol=0, atol=0)
     torch.func.functional_call(fnet, dict(net.named_parameters()), (x,))
-    assert fnet.fast_params == list(net.parameters()) and len(fnet._fast_params) == 1
+    assert all(a is b for a, b in zip(fnet.fast_params, before)) and len(fnet._fast_params) == 1
     torch.testing.assert_close(fnet(x), net(x), rtol=0, atol=0)
 
 
@@ -317,8 +322,8 @@ def test_a_deep_copy_starts_its_history_from_detached_weights():
     net = _net().eval()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x = torch.randn(5, 3, dtype=torch.float64)
+    net[0].bias.requires_grad_(False)  # frozen before the context copies the flags (as higher's clones)
     with higher_core.innerloop_ctx(net, opt, copy_initial_weights=False) as (fnet, diffopt):
-        net[0].bias.requires_grad_(False)
         diffopt.step(fnet(x).pow(2).sum())
         clone = copy.deepcopy(fnet)
     assert len(clone._fast_params) == 1 and clone.track_higher_grads

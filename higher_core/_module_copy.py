@@ -1,0 +1,80 @@
+"""Copies of a module tree for patching: shallow (per-context state only) and deep.
+
+:func:`shallow_tree_copy` is what :class:`higher_core.patch.PatchedModule` works on.
+Every submodule becomes a new object of the same class whose ``__dict__`` shares
+the original's plain attributes (a lock, a file, a summary writer, a learned
+tensor used in ``forward``), as ``higher`` shared them; only what a context must
+own is new: the containers of parameters, buffers, children and hooks, buffer
+values (cloned, as ``higher``'s ``buffer_sync`` cloned them) and the lists that
+cache a module's own parameters (an RNN's ``_flat_weights``). The original is
+never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["deep_tree_copy", "shallow_tree_copy"]
+
+# nn.Module's own containers (parameters, buffers, children, hooks): private to each copy.
+_MODULE_CONTAINERS = frozenset(
+    name for name, value in nn.Module().__dict__.items() if isinstance(value, (dict, set))
+)
+
+
+def _copy_buffer(buf: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    return buf.detach().to(device=device, copy=True).requires_grad_(buf.requires_grad)
+
+
+def shallow_tree_copy(module: nn.Module, device: torch.device | str | None = None,
+                      memo: dict[int, Any] | None = None) -> nn.Module:
+    """A copy of ``module``'s tree that shares every plain attribute with the original.
+
+    Parameters are shared (the caller replaces them by fast weights), buffers are
+    cloned (moved to ``device`` if given), a submodule or buffer reached twice is
+    copied once. Lists and tuples holding the module's own parameters are copied,
+    so that writing a fast weight into the copy's cache leaves the original alone.
+    """
+    memo = {} if memo is None else memo
+    if id(module) in memo:
+        return memo[id(module)]
+    clone = type(module).__new__(type(module))
+    memo[id(module)] = clone
+    own = {id(p) for p in module._parameters.values() if p is not None}
+    state = {}
+    for name, value in module.__dict__.items():
+        if name in _MODULE_CONTAINERS:
+            value = copy.copy(value)
+        elif isinstance(value, (list, tuple)) and any(id(v) in own for v in value):
+            value = type(value)(value) if isinstance(value, list) else tuple(value)
+        state[name] = value
+    object.__setattr__(clone, "__dict__", state)
+    for name, buf in module._buffers.items():
+        if buf is not None:
+            if id(buf) not in memo:
+                memo[id(buf)] = _copy_buffer(buf, device)
+            state["_buffers"][name] = memo[id(buf)]
+    for name, child in module._modules.items():
+        if child is not None:
+            state["_modules"][name] = shallow_tree_copy(child, device, memo)
+    return clone
+
+
+def deep_tree_copy(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """``copy.deepcopy(module, memo)``, with non-leaf tensors held as attributes copied detached.
+
+    Autograd cannot deep-copy a tensor that has a ``grad_fn`` (e.g. the ``weight``
+    the legacy ``weight_norm`` recomputes every forward, or a fast weight cached
+    in an RNN's ``_flat_weights``); those are copied as detached clones. Tensors
+    already in ``memo`` are kept.
+    """
+    for sub in module.modules():
+        for value in sub.__dict__.values():
+            for tensor in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(tensor, torch.Tensor) and not tensor.is_leaf and id(tensor) not in memo:
+                    memo[id(tensor)] = tensor.detach().clone()
+    return copy.deepcopy(module, memo)
