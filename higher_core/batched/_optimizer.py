@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from higher_core._optimizer import DifferentiableOptimizer, GradCallback, State
-from higher_core._overrides import Override, normalize_override
+from higher_core._overrides import Override
 from higher_core.batched import _overrides as per_task
 from higher_core.batched._errors import BatchingError
 from higher_core.batched._module import BatchedPatchedModule, _check_tasks
@@ -73,7 +73,7 @@ class BatchedDifferentiableOptimizer:
                  reference_params: Iterable[torch.Tensor], tasks: int,
                  fmodel: BatchedPatchedModule | None = None, device: torch.device | str | None = None,
                  override: Override | None = None, grad_callback: GradCallback | None = None,
-                 track_higher_grads: bool = True, **kwargs: Any) -> None:
+                 track_higher_grads: bool | None = None, **kwargs: Any) -> None:
         self.tasks = _check_tasks(tasks)
         name = diff_type.__name__
         if diff_type.step is not DifferentiableOptimizer.step:
@@ -87,22 +87,42 @@ class BatchedDifferentiableOptimizer:
                 f"(higher_core.monkeypatch(model, tasks={tasks})), got {type(fmodel).__name__}"
                 + (f" with tasks={fmodel.tasks}" if isinstance(fmodel, BatchedPatchedModule) else "")
             )
+        if fmodel is not None and track_higher_grads is not None and track_higher_grads != fmodel.track_higher_grads:
+            raise ValueError(
+                f"track_higher_grads={track_higher_grads} but the fmodel has track_higher_grads="
+                f"{fmodel.track_higher_grads}; the optimizer follows its fmodel: set "
+                "fmodel.track_higher_grads (or leave track_higher_grads unset)"
+            )
         reference = list(reference_params)
-        self.scope = scope_of(diff_type)
-        copies = 1 if self.scope == "element" else self.tasks
-        self._rules = [diff_type(other, reference, device=device, track_higher_grads=track_higher_grads, **kwargs)
-                       for _ in range(copies)]
+        rule = diff_type(other, reference, device=device, grad_callback=grad_callback, **kwargs)
+        # element-wise rules step the stacked tensors; a running statistic per param group would mix the tasks
+        self.scope = scope_of(diff_type) if not any(rule.group_state) else "global"
+        self._rules = [rule] + [diff_type(other, reference, device=device, **kwargs)
+                                for _ in range(self.tasks - 1 if self.scope != "element" else 0)]
         self._shapes = [tuple(p.shape) for p in reference]
         self._fmodel = fmodel
-        self._grad_callback = grad_callback
-        self._track_higher_grads = track_higher_grads
-        self._name = type(other).__name__
-        self._override = self._normalized(override)
+        self._track_higher_grads = True if track_higher_grads is None else track_higher_grads
+        self._override: Override = dict(override) if override else {}
+        self._base_groups = self._groups_for_step(None, validate=True)
         if self.scope == "element":  # imported state: one copy per task of what is shaped like the parameter
-            for i, state in self._rules[0].state.items():
+            for i, state in rule.state.items():
                 for key, value in state.items():
                     if isinstance(value, torch.Tensor) and tuple(value.shape) == self._shapes[i]:
                         state[key] = value.unsqueeze(0).repeat(self.tasks, *[1] * value.dim())
+
+    @property
+    def track_higher_grads(self) -> bool:
+        """Whether steps build a graph: the fmodel's flag when there is one."""
+        return self._fmodel.track_higher_grads if self._fmodel is not None else self._track_higher_grads
+
+    @track_higher_grads.setter
+    def track_higher_grads(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"track_higher_grads must be a bool, got {type(value).__name__}")
+        if self._fmodel is not None:
+            self._fmodel.track_higher_grads = value
+        else:
+            self._track_higher_grads = value
 
     # -- what the usual optimizer exposes ------------------------------------------------------
     @property
@@ -150,26 +170,20 @@ class BatchedDifferentiableOptimizer:
         return out
 
     # -- the step ------------------------------------------------------------------------------
-    def _normalized(self, override: Override | None) -> dict[str, list[Any]]:
-        groups = self.param_groups
-        values = normalize_override(override, groups, self._name)
-        for key, per_group in values.items():
-            for group, value in zip(groups, per_group):
-                per_task.check_value(key, value, group[key], self.tasks)
-        return values
-
-    def _groups_for_step(self, override: Override | None) -> list[dict[str, Any]]:
-        merged = dict(self._override)
-        if override:
-            merged.update(self._normalized(override))
-        groups = [dict(g) for g in self.param_groups]
-        for key, values in merged.items():
-            for group, value in zip(groups, values):
-                group[key] = value
-        if override:
-            for t in range(self.tasks):
-                self._rules[0].check_param_groups([per_task.for_task(g, self.tasks, t) for g in groups])
-        return groups
+    def _groups_for_step(self, override: Override | None, validate: bool = False) -> list[dict[str, Any]]:
+        """The param groups for one step, per-task values as ``[T]`` tensors; each task's view of the
+        overrides is validated by the rule (at construction, and at a step given an override; the
+        constructor's groups are kept for the steps given none)."""
+        if not override and not validate:
+            return self._base_groups
+        merged = {**self._override, **(override or {})}
+        rule = self._rules[0]
+        if not merged:
+            return rule.param_groups
+        view, found = per_task.per_task_views(merged, rule.param_groups, self.tasks, 0)
+        for t in range(1, self.tasks if found else 1):
+            rule.groups_for_step(per_task.per_task_views(merged, rule.param_groups, self.tasks, t)[0])
+        return per_task.substitute(rule.groups_for_step(view), found)
 
     def step(self, loss: torch.Tensor, params: Iterable[torch.Tensor] | None = None,
              override: Override | None = None, grad_callback: GradCallback | None = None,
@@ -195,12 +209,14 @@ class BatchedDifferentiableOptimizer:
             raise ValueError(f"step(loss): give the per-task losses, shape [{self.tasks}] (or their sum, a "
                              f"scalar), got shape {tuple(loss.shape)}")
         groups = self._groups_for_step(override)
-        grads = self._gradients(loss.sum() if loss.dim() else loss, params, grad_callback or self._grad_callback)
+        rule = self._rules[0]
+        rule.track_higher_grads = self.track_higher_grads
+        grads = rule.gradients(loss.sum() if loss.dim() else loss, params, grad_callback)
         if self.scope == "element":
-            new_params = self._rules[0].update_groups(self._element_groups(groups, params), params, grads)
+            new_params = self._element_step(groups, params, grads)
         else:
             new_params = self._per_task_step(groups, params, grads)
-        if not self._track_higher_grads:
+        if not self.track_higher_grads:
             new_params = [p.detach().requires_grad_(old.requires_grad) if p is not old else p
                           for p, old in zip(new_params, params)]
             self.detach_state()
@@ -208,17 +224,26 @@ class BatchedDifferentiableOptimizer:
             self._fmodel.update_params(new_params)
         return new_params
 
-    def _element_groups(self, groups: list[dict[str, Any]], params: list[torch.Tensor]) -> list[dict[str, Any]]:
-        """Groups for one element-wise update of the stacked tensors: a group with per-task values is
-        split into one group per parameter, each value shaped to broadcast against that parameter."""
-        out = []
-        for group in groups:
-            if not per_task.has_per_task(group, self.tasks):
-                out.append(group)
-                continue
-            for i in group["params"]:
-                out.append({**per_task.for_parameter(group, self.tasks, params[i]), "params": [i]})
-        return out
+    def _element_step(self, groups: list[dict[str, Any]], params: list[torch.Tensor],
+                      grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """The rule once on the stacked tensors. A group with per-task values is stepped one parameter
+        at a time, each value shaped to broadcast against that parameter."""
+        rule = self._rules[0]
+        if not any(per_task.has_per_task(g, self.tasks) for g in groups):
+            return rule.update_groups(groups, params, grads)
+        real_view = rule.complex_parameters == "real_view"
+        new_params = list(params)
+        for number, group in enumerate(groups):
+            pieces = [group] if not per_task.has_per_task(group, self.tasks) else [
+                {**per_task.for_parameter(group, self.tasks, params[i], real_view), "params": [i]}
+                for i in group["params"]]
+            for piece in pieces:
+                call = [{**g, "params": []} for g in groups]
+                call[number] = piece  # the group's own position: its running state, its device checks
+                stepped = rule.update_groups(call, params, grads)
+                for i in piece["params"]:
+                    new_params[i] = stepped[i]
+        return new_params
 
     def _per_task_step(self, groups: list[dict[str, Any]], params: list[torch.Tensor],
                        grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
@@ -246,21 +271,6 @@ class BatchedDifferentiableOptimizer:
                 raise ValueError(f"step(): fast weight {i} must have shape {(self.tasks, *shape)} (tasks first), "
                                  f"got {tuple(p.shape)}")
         return params
-
-    def _gradients(self, loss: torch.Tensor, params: list[torch.Tensor],
-                   callback: GradCallback | None) -> list[torch.Tensor | None]:
-        targets = [i for i, p in enumerate(params) if p.requires_grad]
-        grads: list[torch.Tensor | None] = [None] * len(params)
-        if targets:
-            computed = torch.autograd.grad(loss, [params[i] for i in targets],
-                                           create_graph=self._track_higher_grads, allow_unused=True)
-            for i, g in zip(targets, computed):
-                grads[i] = g
-        if callback is not None:
-            grads = list(callback(grads))
-            if len(grads) != len(params):
-                raise ValueError(f"grad_callback returned {len(grads)} gradients for {len(params)} parameters")
-        return grads
 
     # -- cutting the graph, handing state back ----------------------------------------------------
     def detach_state(self) -> None:

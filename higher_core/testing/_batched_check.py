@@ -19,7 +19,7 @@ import torch
 
 from higher_core.batched import BatchingError
 from higher_core.optim import get_diff_optim
-from higher_core.testing._checks import NotApplicable, Problem, _compare, _groups
+from higher_core.testing._checks import NotApplicable, Problem, _compare, _reference
 from higher_core.testing._table import OptimizerInfo, OptimizerInput
 
 __all__ = ["check_batched"]
@@ -30,9 +30,8 @@ def _loop(info: OptimizerInfo, row: OptimizerInput, problems: Sequence[Problem],
     """One inner loop per task: each task's fast weights and state, and the summed final loss."""
     fasts, states, total = [], [], torch.zeros((), dtype=torch.float64, device=problems[0].device)
     for problem, lr in zip(problems, lrs):
-        ref = [p.detach().clone() for p in initial]
-        diffopt = get_diff_optim(info.reference(_groups(info, ref, row), **row.kwargs), ref,
-                                 override=None if lr is None else {"lr": [lr]})
+        opt, ref = _reference(info, row, problems[0])
+        diffopt = get_diff_optim(opt, ref, override=None if lr is None else {"lr": [lr]})
         fast = list(initial)
         for _ in range(steps):
             fast = diffopt.step(problem.loss(fast), params=fast)
@@ -49,9 +48,8 @@ def _batched(info: OptimizerInfo, row: OptimizerInput, problems: Sequence[Proble
     def losses(fast: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([problem.loss([p[t] for p in fast]) for t, problem in enumerate(problems)])
 
-    ref = [p.detach().clone() for p in initial]
-    diffopt = get_diff_optim(info.reference(_groups(info, ref, row), **row.kwargs), ref, tasks=tasks,
-                             override=None if lr is None else {"lr": [lr]})
+    opt, ref = _reference(info, row, problems[0])
+    diffopt = get_diff_optim(opt, ref, tasks=tasks, override=None if lr is None else {"lr": [lr]})
     fast = [p.expand(tasks, *p.shape) for p in initial]
     for _ in range(steps):
         fast = diffopt.step(losses(fast), params=fast)
@@ -69,8 +67,7 @@ def check_batched(info: OptimizerInfo, row: OptimizerInput, tasks: int = 4, step
     problems = [Problem(info.shapes, seed=t, device=device) for t in range(tasks)]
     learn_lr = isinstance(row.kwargs.get("lr"), float)
     try:
-        opt = info.reference(_groups(info, problems[0].leaves(), row), **row.kwargs)
-        get_diff_optim(opt, [p for g in opt.param_groups for p in g["params"]], tasks=tasks)
+        get_diff_optim(*_reference(info, row, problems[0]), tasks=tasks)
     except BatchingError as exc:
         raise NotApplicable(f"{info.name} refuses tasks=: {exc}") from None
     passes: list[Any] = [None]
