@@ -57,8 +57,11 @@ def _batched(info: OptimizerInfo, row: OptimizerInput, problems: Sequence[Proble
 
 
 def check_batched(info: OptimizerInfo, row: OptimizerInput, tasks: int = 4, steps: int = 3,
-                  device: torch.device | str | None = None) -> None:
+                  per_task_lr: bool = True, device: torch.device | str | None = None) -> None:
     """``tasks`` tasks at once equal ``tasks`` separate inner loops (fast weights, state, meta-gradients).
+
+    With ``per_task_lr`` (and a row whose ``lr`` is a number), a second pass learns
+    one ``lr`` per task (an override of shape ``[tasks]``).
 
     Raises:
         NotApplicable: the rule refuses batching (the reason is its refusal), or
@@ -73,7 +76,7 @@ def check_batched(info: OptimizerInfo, row: OptimizerInput, tasks: int = 4, step
     passes: list[Any] = [None]
     if learn_lr:
         shared = torch.tensor(row.kwargs["lr"], dtype=torch.float64, device=problems[0].device)
-        passes = [shared, shared * torch.linspace(0.5, 1.5, tasks, dtype=torch.float64, device=shared.device)]
+        passes = [shared] + [shared * torch.linspace(0.5, 1.5, tasks, dtype=torch.float64, device=shared.device)] * per_task_lr
     for lr in passes:
         initial = problems[0].leaves()
         leaf = None if lr is None else lr.detach().clone().requires_grad_()
