@@ -299,3 +299,25 @@ def test_refusals_name_the_problem():
     with pytest.raises(ValueError, match="same tasks"):
         higher_core.get_diff_optim(torch.optim.SGD(model.parameters(), lr=0.1), model.parameters(), tasks=T,
                                    fmodel=higher_core.monkeypatch(model, tasks=T + 1))
+
+
+def test_conv_on_cpu_runs_the_forward_as_a_loop_with_the_numbers_of_vmap():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1)).double()
+    x = torch.randn(T, 3, 1, 4, 4, dtype=DT)
+    y = torch.randn(T, 3, 1, dtype=DT)
+    results = []
+    for batching in ("loop", "vmap"):
+        opt = OPTIMIZERS["adam-amsgrad-weight_decay"](model)
+        with higher_core.innerloop_ctx(model, opt, copy_initial_weights=False, tasks=T) as (fmodel, diffopt):
+            assert fmodel.batching == "loop" and "convolutions on the CPU" in fmodel.fallback_reason
+            fmodel.batching = batching
+            for _ in range(2):
+                diffopt.step(_per_task_losses(fmodel(x), y))
+            total = _per_task_losses(fmodel(x), y).sum()
+            results.append([*fmodel.fast_params, *(b for _, b in fmodel.named_buffers()),
+                            *torch.autograd.grad(total, list(model.parameters()))])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="batching must be 'vmap' or 'loop'"):
+        fmodel.batching = "threads"

@@ -10,7 +10,10 @@ module's own ``forward`` on ``x[t]`` with the fast weights ``w[t]`` and buffers
 A module ``vmap`` cannot batch (an operator without a batching rule, a
 data-dependent branch) falls back, transparently and for good, to a Python loop
 over the tasks with the same numbers; :attr:`BatchedPatchedModule.batching` then
-says ``"loop"`` and :attr:`BatchedPatchedModule.fallback_reason` why.
+says ``"loop"`` and :attr:`BatchedPatchedModule.fallback_reason` why. A module
+with convolutions on the CPU starts in the loop, which measures faster there
+than ``vmap``'s grouped convolutions (``benchmarks/batched_tasks.py``); the
+optimizer step stays batched either way.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from torch.func import functional_call, vmap
 from torch.utils import _pytree as pytree
 
 __all__ = ["BatchedPatchedModule"]
+
+
+_CONV_ON_CPU = ("convolutions on the CPU: vmap's grouped convolutions are slower than a loop over the "
+                "tasks there (set fmodel.batching = 'vmap' to use it anyway)")
 
 
 def _check_tasks(tasks: Any) -> int:
@@ -90,6 +97,10 @@ class BatchedPatchedModule(nn.Module):
                               for _, b in named_buffers]
         d["_fast_params"] = None
         d["fallback_reason"] = None
+        on_cpu = (torch.device(device) if device is not None else
+                  next((p.device for p in params), torch.device("cpu"))).type == "cpu"
+        if on_cpu and any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules()):
+            d["fallback_reason"] = _CONV_ON_CPU
         d["training"] = module.training
         self.track_higher_grads = track_higher_grads
         initial = []
@@ -154,8 +165,20 @@ class BatchedPatchedModule(nn.Module):
 
     @property
     def batching(self) -> str:
-        """``"vmap"``, or ``"loop"`` once a forward that ``vmap`` could not batch made it fall back."""
+        """How the forward runs the tasks: ``"vmap"`` or ``"loop"``.
+
+        It turns to ``"loop"`` by itself after a forward that ``vmap`` could not
+        batch (:attr:`fallback_reason` says why); set it to ``"loop"`` where the
+        loop is faster (convolutions on the CPU, see README "Batched tasks"),
+        or back to ``"vmap"``. The numbers are the same either way.
+        """
         return "vmap" if self.fallback_reason is None else "loop"
+
+    @batching.setter
+    def batching(self, value: str) -> None:
+        if value not in ("vmap", "loop"):
+            raise ValueError(f"batching must be 'vmap' or 'loop', got {value!r}")
+        self.__dict__["fallback_reason"] = None if value == "vmap" else "batching='loop' was set"
 
     # -- fast weights ------------------------------------------------------------------------
     def update_params(self, params: Iterable[torch.Tensor]) -> None:
