@@ -41,6 +41,38 @@ import higher_core
 Workload = dict[str, Callable[[], list[torch.Tensor]]]
 
 
+def _maml(net: nn.Module, opt: torch.optim.Optimizer, data: tuple[torch.Tensor, ...], steps: int,
+          loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+          per_task: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Workload:
+    """The MAML meta-gradient with one ``innerloop_ctx`` per task (``loop``) and with ``tasks=T``
+    (``batched``, with ``fnet.batching`` left as chosen or set); ``per_task`` gives ``[T]`` losses."""
+    xs, ys, xq, yq = data
+    tasks = xs.shape[0]
+
+    def meta_gradient(total: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.autograd.grad(total, list(net.parameters())))
+
+    def loop() -> list[torch.Tensor]:
+        total = 0
+        for i in range(tasks):
+            with higher_core.innerloop_ctx(net, opt, copy_initial_weights=False) as (fnet, diffopt):
+                for _ in range(steps):
+                    diffopt.step(loss(fnet(xs[i]), ys[i]))
+                total = total + loss(fnet(xq[i]), yq[i]) / tasks
+        return meta_gradient(total)
+
+    def batched(batching: str | None = None) -> list[torch.Tensor]:
+        with higher_core.innerloop_ctx(net, opt, copy_initial_weights=False, tasks=tasks) as (fnet, diffopt):
+            if batching is not None:
+                fnet.batching = batching
+            for _ in range(steps):
+                diffopt.step(per_task(fnet(xs), ys))
+            return meta_gradient(per_task(fnet(xq), yq).sum() / tasks)
+
+    return {"batched": batched, "loop": loop, "batched, batching='vmap'": lambda: batched("vmap"),
+            "batched, batching='loop'": lambda: batched("loop")}
+
+
 # -- sine regression ---------------------------------------------------------------------------
 def _sine(device: torch.device, dtype: torch.dtype, tasks: int = 25, steps: int = 5) -> tuple[nn.Module, Workload]:
     g = torch.Generator().manual_seed(0)
@@ -53,24 +85,7 @@ def _sine(device: torch.device, dtype: torch.dtype, tasks: int = 25, steps: int 
     xs, ys, xq, yq = (t.to(device=device, dtype=dtype) for t in (x[:, :10], y[:, :10], x[:, 10:], y[:, 10:]))
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
 
-    def meta_gradient(total: torch.Tensor) -> list[torch.Tensor]:
-        return list(torch.autograd.grad(total, list(net.parameters())))
-
-    def loop() -> list[torch.Tensor]:
-        total = 0
-        for i in range(tasks):
-            with higher_core.innerloop_ctx(net, opt, copy_initial_weights=False) as (fnet, diffopt):
-                for _ in range(steps):
-                    diffopt.step(mse_loss(fnet(xs[i]), ys[i]))
-                total = total + mse_loss(fnet(xq[i]), yq[i]) / tasks
-        return meta_gradient(total)
-
-    def batched() -> list[torch.Tensor]:
-        with higher_core.innerloop_ctx(net, opt, copy_initial_weights=False, tasks=tasks) as (fnet, diffopt):
-            for _ in range(steps):
-                diffopt.step((fnet(xs) - ys).pow(2).mean((1, 2)))
-            return meta_gradient((fnet(xq) - yq).pow(2).mean((1, 2)).sum() / tasks)
-
+    workload = _maml(net, opt, (xs, ys, xq, yq), steps, mse_loss, lambda out, y: (out - y).pow(2).mean((1, 2)))
     names = [n for n, _ in net.named_parameters()]
 
     def one(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -84,9 +99,10 @@ def _sine(device: torch.device, dtype: torch.dtype, tasks: int = 25, steps: int 
             losses = (forward(dict(zip(names, params)), xs) - ys).pow(2).mean((1, 2))
             grads = torch.autograd.grad(losses.sum(), params, create_graph=True)
             params = [p - 0.01 * g for p, g in zip(params, grads)]
-        return meta_gradient((forward(dict(zip(names, params)), xq) - yq).pow(2).mean((1, 2)).sum() / tasks)
+        total = (forward(dict(zip(names, params)), xq) - yq).pow(2).mean((1, 2)).sum() / tasks
+        return list(torch.autograd.grad(total, list(net.parameters())))
 
-    return net, {"batched": batched, "loop": loop, "vmap": handwritten}
+    return net, {"batched": workload["batched"], "loop": workload["loop"], "vmap": handwritten}
 
 
 # -- Omniglot-shaped conv MAML -----------------------------------------------------------------
@@ -108,83 +124,9 @@ def _conv(device: torch.device, dtype: torch.dtype, tasks: int = 32, steps: int 
     yq = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.4)
 
-    def meta_gradient(total: torch.Tensor) -> list[torch.Tensor]:
-        return list(torch.autograd.grad(total, list(net.parameters())))
-
-    def loop() -> list[torch.Tensor]:
-        total = 0
-        for i in range(tasks):
-            with higher_core.innerloop_ctx(net, opt, copy_initial_weights=False) as (fnet, diffopt):
-                for _ in range(steps):
-                    diffopt.step(cross_entropy(fnet(xs[i]), ys[i]))
-                total = total + cross_entropy(fnet(xq[i]), yq[i]) / tasks
-        return meta_gradient(total)
-
     def per_task_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(tasks, -1).mean(1)
 
-    def batched(batching: str | None = None) -> list[torch.Tensor]:
-        with higher_core.innerloop_ctx(net, opt, copy_initial_weights=False, tasks=tasks) as (fnet, diffopt):
-            if batching is not None:
-                fnet.batching = batching
-            for _ in range(steps):
-                diffopt.step(per_task_ce(fnet(xs), ys))
-            return meta_gradient(per_task_ce(fnet(xq), yq).sum() / tasks)
-
+    workload = _maml(net, opt, (xs, ys, xq, yq), steps, cross_entropy, per_task_ce)
     other = "vmap" if device.type == "cpu" else "loop"  # the default is the loop on the CPU, vmap elsewhere
-    return net, {"batched": batched, "loop": loop, f"batched, batching={other!r}": lambda: batched(other)}
-
-
-# -- measuring ---------------------------------------------------------------------------------
-def _check(workload: Workload) -> dict[str, float]:
-    """Each competitor's largest meta-gradient difference from the batched one, relative to the largest
-    batched entry (float64)."""
-    reference = workload["batched"]()
-    scale = max(float(b.abs().max()) for b in reference)
-    return {name: max(float((a - b).abs().max()) for a, b in zip(run(), reference)) / scale
-            for name, run in workload.items()}
-
-
-def _time(workload: Workload, repeats: int, device: torch.device) -> dict[str, float]:
-    def once(run: Callable[[], list[torch.Tensor]]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    for run in workload.values():  # warm-up
-        once(run)
-    samples: dict[str, list[float]] = {name: [] for name in workload}
-    for _ in range(repeats):
-        for name, run in workload.items():
-            samples[name].append(once(run))
-    return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 7 sine, 2 conv)")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {args.threads} thread(s)"))
-    print(f"{'workload':<34}{'competitor':<28}{'time (ms)':>11}{'ratio':>8}{'max rel. diff':>15}")
-    for title, make, repeats in (("sine MAML, 25 tasks, 5 steps", _sine, 7),
-                                 ("conv MAML, 32 tasks, 1 step", _conv, 2)):
-        _, exact = make(device, torch.float64)
-        differences = _check(exact)
-        _, workload = make(device, torch.float32)
-        times = _time(workload, args.repeats or repeats, device)
-        for name, seconds in times.items():
-            ratio = seconds / times["batched"]
-            print(f"{title:<34}{name:<28}{1e3 * seconds:>11.1f}{ratio:>7.2f}x{differences[name]:>15.1e}")
-
-
-if __name__ == "__main__":
-    main()
+    return net, {name: workload[name] for name in ("batched", "loop", f"batched, batching={other!r}")}

@@ -27,6 +27,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.utils import _pytree as pytree
 
+from higher_core._boundary import check_bool
+
 __all__ = ["BatchedPatchedModule"]
 
 
@@ -271,14 +273,12 @@ class BatchedPatchedModule(nn.Module):
 
     @property
     def track_higher_grads(self) -> bool:
-        """Whether the history of fast weights (and so the unrolled graph) is kept."""
-        return self._track_higher_grads
+        """Whether the history of fast weights (the unrolled graph) is kept; False is test mode."""
+        return self.__dict__["_track_higher_grads"]
 
     @track_higher_grads.setter
     def track_higher_grads(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"track_higher_grads must be a bool, got {type(value).__name__}")
-        self.__dict__["_track_higher_grads"] = value
+        self.__dict__["_track_higher_grads"] = check_bool(value, "BatchedPatchedModule", "track_higher_grads")
 
     def train(self, mode: bool = True) -> BatchedPatchedModule:
         self.__dict__["training"] = mode

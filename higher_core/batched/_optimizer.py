@@ -87,21 +87,16 @@ class BatchedDifferentiableOptimizer:
                 f"(higher_core.monkeypatch(model, tasks={tasks})), got {type(fmodel).__name__}"
                 + (f" with tasks={fmodel.tasks}" if isinstance(fmodel, BatchedPatchedModule) else "")
             )
-        if fmodel is not None and track_higher_grads is not None and track_higher_grads != fmodel.track_higher_grads:
-            raise ValueError(
-                f"track_higher_grads={track_higher_grads} but the fmodel has track_higher_grads="
-                f"{fmodel.track_higher_grads}; the optimizer follows its fmodel: set "
-                "fmodel.track_higher_grads (or leave track_higher_grads unset)"
-            )
         reference = list(reference_params)
-        rule = diff_type(other, reference, device=device, grad_callback=grad_callback, **kwargs)
+        # the first rule holds the fmodel for its track_higher_grads flag only: the steps are taken here
+        rule = diff_type(other, reference, fmodel=fmodel, device=device, grad_callback=grad_callback,  # type: ignore[arg-type]
+                         track_higher_grads=track_higher_grads, **kwargs)
         # element-wise rules step the stacked tensors; a running statistic per param group would mix the tasks
         self.scope = scope_of(diff_type) if not any(rule.group_state) else "global"
         self._rules = [rule] + [diff_type(other, reference, device=device, **kwargs)
                                 for _ in range(self.tasks - 1 if self.scope != "element" else 0)]
         self._shapes = [tuple(p.shape) for p in reference]
         self._fmodel = fmodel
-        self._track_higher_grads = True if track_higher_grads is None else track_higher_grads
         self._override: Override = dict(override) if override else {}
         self._base_groups = self._groups_for_step(None, validate=True)
         if self.scope == "element":  # imported state: one copy per task of what is shaped like the parameter
@@ -112,17 +107,12 @@ class BatchedDifferentiableOptimizer:
 
     @property
     def track_higher_grads(self) -> bool:
-        """Whether steps build a graph: the fmodel's flag when there is one."""
-        return self._fmodel.track_higher_grads if self._fmodel is not None else self._track_higher_grads
+        """Whether steps build a graph: the fmodel's flag when there is one (kept by the first rule)."""
+        return self._rules[0].track_higher_grads
 
     @track_higher_grads.setter
     def track_higher_grads(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"track_higher_grads must be a bool, got {type(value).__name__}")
-        if self._fmodel is not None:
-            self._fmodel.track_higher_grads = value
-        else:
-            self._track_higher_grads = value
+        self._rules[0].track_higher_grads = value
 
     # -- what the usual optimizer exposes ------------------------------------------------------
     @property
@@ -209,9 +199,7 @@ class BatchedDifferentiableOptimizer:
             raise ValueError(f"step(loss): give the per-task losses, shape [{self.tasks}] (or their sum, a "
                              f"scalar), got shape {tuple(loss.shape)}")
         groups = self._groups_for_step(override)
-        rule = self._rules[0]
-        rule.track_higher_grads = self.track_higher_grads
-        grads = rule.gradients(loss.sum() if loss.dim() else loss, params, grad_callback)
+        grads = self._rules[0].gradients(loss.sum() if loss.dim() else loss, params, grad_callback)
         if self.scope == "element":
             new_params = self._element_step(groups, params, grads)
         else:
