@@ -8,6 +8,7 @@ require grad; the update rules use them as they are, so they receive gradients.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 import warnings
@@ -148,6 +149,36 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _learned(value: Any) -> bool:
+    """A tensor that requires grad (or a tuple holding one): a hyperparameter being learned."""
+    if isinstance(value, tuple):
+        return any(_learned(v) for v in value)
+    return isinstance(value, torch.Tensor) and value.requires_grad
+
+
+@functools.lru_cache(maxsize=64)
+def _constructor_arguments(reference: type) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(reference.__init__).parameters) - {"self", "params"}
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=1024)
+def _refusal(reference: type, kwargs: tuple[tuple[str, Any], ...]) -> str | None:
+    """What ``reference([dummy], **kwargs)`` raises: a ValueError's message, ``"?"`` for another error."""
+    dummy = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference([dummy], **dict(kwargs))
+    except ValueError as error:
+        return str(error)
+    except Exception:  # noqa: BLE001 - a constructor that cannot be probed this way
+        return "?"
+    return None
+
+
 def validate_with_reference(reference: type, groups: Sequence[Mapping[str, Any]],
                             base_groups: Sequence[Mapping[str, Any]], keys: Iterable[str],
                             optimizer_name: str) -> None:
@@ -156,41 +187,33 @@ def validate_with_reference(reference: type, groups: Sequence[Mapping[str, Any]]
     Builds ``reference`` on a dummy parameter with each group's values (tensors
     read as numbers) for the constructor arguments that are group keys, so that
     every plugin gets ``torch.optim``'s validation (negative ``lr``, ``betas``
-    outside ``[0, 1)``) without writing it. A constructor that fails for another
-    reason than a ``ValueError`` (one that needs more than a parameter list) is
-    not used.
+    outside ``[0, 1)``) without writing it. Values that require grad (learned
+    hyperparameters, and the finite-difference probes of their gradients) are
+    not checked: the reference sees the group's own value there. A constructor
+    that cannot be probed this way (it needs more than a parameter list, or
+    refuses the un-overridden ``base_groups`` too) is not used. Verdicts are
+    cached per type and values, so an override repeated at every step is
+    probed once.
     """
     keys = set(keys)
-    if not keys:
+    accepted = _constructor_arguments(reference)
+    if not keys or not keys <= accepted:
         return
-    try:
-        accepted = set(inspect.signature(reference.__init__).parameters)
-    except (TypeError, ValueError):
-        return
-    if not keys <= accepted:
-        return
-    dummy = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
 
-    def build(group: Mapping[str, Any]) -> None:
-        kwargs = {k: _plain(v) for k, v in group.items() if k in accepted and k not in ("params", "self")}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reference([dummy], **kwargs)
+    def arguments(group: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+        return tuple(sorted((k, _plain(base[k] if _learned(v) else v)) for k, v in group.items() if k in accepted))
 
     for index, (group, base) in enumerate(zip(groups, base_groups)):
         try:
-            build(group)
-        except ValueError as error:
-            try:
-                build(base)
-            except Exception:  # noqa: BLE001 - the constructor cannot be probed this way
-                return
-            names = ", ".join(sorted(keys))
-            raise ValueError(
-                f"override of {names} for param group {index}: {optimizer_name} refuses these values: {error}"
-            ) from None
-        except Exception:  # noqa: BLE001 - the constructor cannot be probed this way
+            refusal = _refusal(reference, arguments(group, base))
+        except TypeError:  # an unhashable value: not probed
             return
+        if refusal is None or refusal == "?" or _refusal(reference, arguments(base, base)) is not None:
+            continue
+        raise ValueError(
+            f"override of {', '.join(sorted(keys))} for param group {index}: {optimizer_name} refuses "
+            f"these values: {refusal}"
+        )
 
 
 def trainable_value(value: Any, device: torch.device | str | None, dtype: torch.dtype | None) -> Any:

@@ -6,6 +6,10 @@ import warnings
 import pytest
 import torch
 
+import higher_core
+from higher_core import register_optim, unregister_optim
+from higher_core._registry import lookup
+
 #: set to 1 (the ``cuda`` tox environments do) to make a missing GPU an error for CUDA tests
 REQUIRE_CUDA = "HIGHER_CORE_REQUIRE_CUDA"
 
@@ -26,6 +30,62 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+class ToySGD(higher_core.optim.DifferentiableOptimizer):
+    """torch.optim.SGD (momentum, dampening, nesterov, weight decay, maximize): the core tests' own rule."""
+
+    tensor_hyperparameters = ("lr", "momentum", "dampening", "weight_decay")
+    complex_parameters = "real_view"
+    scope = "element"
+
+    def update_one(self, group, param, grad, state):
+        grad = -grad if group["maximize"] else grad
+        grad = grad + group["weight_decay"] * param
+        if group["momentum"] != 0:
+            buf = state.get("momentum_buffer")
+            buf = grad if buf is None else group["momentum"] * buf + (1 - group["dampening"]) * grad
+            grad = grad + group["momentum"] * buf if group["nesterov"] else buf
+            state = {**state, "momentum_buffer": buf}
+        return param - group["lr"] * grad, state
+
+
+class ToyAdam(higher_core.optim.DifferentiableOptimizer):
+    """torch.optim.Adam (with amsgrad and L2 weight decay): the core tests' own rule."""
+
+    tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
+    scope = "element"
+
+    def init_state(self, param, group):
+        state = {"step": 0.0, "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(param)
+        return state
+
+    def update_one(self, group, param, grad, state):
+        (beta1, beta2), step = group["betas"], state["step"] + 1
+        grad = grad + group["weight_decay"] * param
+        exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
+        exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
+        new = {**state, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        if group["amsgrad"]:
+            exp_avg_sq = new["max_exp_avg_sq"] = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq)
+        denom = exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5 + group["eps"]
+        return param - group["lr"] / (1 - beta1**step) * exp_avg / denom, new
+
+
+TOYS = {torch.optim.SGD: ToySGD, torch.optim.Adam: ToyAdam}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _toy_optimizers():
+    """The core's tests and doctests run with no plugin installed: toys stand in for missing plugins."""
+    registered = [t for t, toy in TOYS.items() if lookup(t) is None]
+    for t in registered:
+        register_optim(t, TOYS[t])
+    yield
+    for t in registered:
+        unregister_optim(t)
 
 
 def _no_gpu_reason() -> str:

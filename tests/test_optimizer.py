@@ -146,7 +146,15 @@ def test_step_override_takes_precedence():
     [
         ({"lr": [0.1, 0.2, 0.3]}, r"override\['lr'\] has 3 values but the optimizer has 2 param group"),
         ({"momentum": [0.9]}, r"override key 'momentum' is not a hyperparameter of torch\.optim\.Adam; "
-                              r"valid keys: amsgrad, betas, .*eps, .*lr"),
+                              r"valid keys: betas, eps, lr, weight_decay"),
+        ({"amsgrad": [True]}, r"override key 'amsgrad' is not a hyperparameter .*valid keys: betas"),
+        ({"lr": [-0.1]}, r"override of lr for param group 0: torch\.optim\.Adam refuses these values: "
+                         r"Invalid learning rate: -0\.1"),
+        ({"betas": [(1.5, 0.99)]}, r"Invalid beta parameter at index 0: 1\.5"),
+        ({"lr": [torch.ones(4)]}, r"override\['lr'\] for param group 0 is a tensor of shape \(4,\); "
+                                  r"a hyperparameter must be a number or a 0-d tensor"),
+        ({"betas": [(torch.tensor(0.9), torch.ones(2))]}, r"override\['betas'\] .* shape \(2,\)"),
+        ({"lr": [True]}, r"override\['lr'\] for param group 0 must be a number or a 0-d tensor, got bool"),
         ({"betas": (0.5, 0.6)}, r"override\['betas'\] for param group 0 must have 2 entries"),
         ({"lr": "fast"}, r"override\['lr'\] must be a list"),
     ],
@@ -155,6 +163,160 @@ def test_bad_overrides_name_the_key(override, message):
     model = _model()
     with pytest.raises(ValueError, match=message):
         higher_core.get_diff_optim(_two_groups(model), model.parameters(), override=override)
+    diffopt = higher_core.get_diff_optim(_two_groups(model), model.parameters())  # the same at a step
+    fast = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    with pytest.raises(ValueError, match=message):
+        diffopt.step(_loss(higher_core.monkeypatch(model), fast), params=fast, override=override)
+
+
+class _HistoryChecked(higher_core.optim.DifferentiableOptimizer):
+    """Refuses momentum >= 1 in check_param_groups, which must see construction overrides too."""
+
+    tensor_hyperparameters = ("lr", "momentum")
+
+    def check_param_groups(self, param_groups):
+        for group in param_groups:
+            if float(group["momentum"]) >= 1:
+                raise ValueError(f"momentum must be below 1, got {group['momentum']}")
+
+    def update_one(self, group, param, grad, state):
+        return param - group["lr"] * grad, state
+
+
+def test_construction_overrides_pass_check_param_groups():
+    model = _model()
+
+    class Ref(torch.optim.SGD):
+        pass
+
+    higher_core.register_optim(Ref, _HistoryChecked)
+    try:
+        with pytest.raises(ValueError, match="momentum must be below 1, got 1.5"):
+            higher_core.get_diff_optim(Ref(model.parameters(), lr=0.1), model.parameters(),
+                                       override={"momentum": [1.5]})
+    finally:
+        higher_core.unregister_optim(Ref)
+
+
+def _two_steps(model, override=None, step_override=None):
+    fmodel = higher_core.monkeypatch(model)
+    diffopt = higher_core.get_diff_optim(_two_groups(model), model.parameters(), fmodel=fmodel, override=override)
+    for _ in range(2):
+        diffopt.step(_loss(fmodel), override=step_override)
+    return fmodel.fast_params
+
+
+def test_parameter_list_and_tuples_of_tensors_are_accepted_as_overrides():
+    model = _model()
+    lrs = nn.ParameterList([nn.Parameter(torch.tensor(0.02, dtype=DT)), nn.Parameter(torch.tensor(0.03, dtype=DT))])
+    betas = nn.ParameterList([nn.Parameter(torch.tensor([0.8, 0.9], dtype=DT))])
+    got = _two_steps(model, override={"lr": lrs, "betas": betas})
+    expected = _two_steps(model, override={"lr": [0.02, 0.03], "betas": [(0.8, 0.9)]})
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    assert all(g.abs().sum() > 0 for g in torch.autograd.grad(_loss(higher_core.monkeypatch(model), got),
+                                                              [*lrs, *betas]))
+
+    pair = (torch.tensor(0.7, dtype=DT, requires_grad=True), torch.tensor(0.95, dtype=DT, requires_grad=True))
+    got = _two_steps(model, step_override={"betas": [pair, list(pair)]})
+    expected = _two_steps(model, override={"betas": [(0.7, 0.95)]})
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    assert all(g.abs() > 0 for g in torch.autograd.grad(_loss(higher_core.monkeypatch(model), got), pair))
+
+
+def test_step_override_applies_to_that_step_only():
+    model = _model()
+    fmodel = higher_core.monkeypatch(model)
+    diffopt = higher_core.get_diff_optim(torch.optim.SGD(model.parameters(), lr=0.1), model.parameters(),
+                                         fmodel=fmodel)
+    before = [p.detach().clone() for p in fmodel.fast_params]
+    diffopt.step(_loss(fmodel), override={"lr": [0.0]})
+    torch.testing.assert_close([p.detach() for p in fmodel.fast_params], before, rtol=0, atol=0)
+    grads = torch.autograd.grad(_loss(fmodel), fmodel.fast_params)
+    new = diffopt.step(_loss(fmodel))  # lr 0.1 again
+    torch.testing.assert_close(new[0], before[0] - 0.1 * grads[0], rtol=1e-14, atol=0)
+
+
+def test_track_higher_grads_is_the_fmodels_flag():
+    model = _model()
+    fmodel = higher_core.monkeypatch(model)
+    diffopt = higher_core.get_diff_optim(torch.optim.SGD(model.parameters(), lr=0.1), model.parameters(),
+                                         fmodel=fmodel)
+    fmodel.track_higher_grads = False
+    assert diffopt.track_higher_grads is False
+    new = diffopt.step(_loss(fmodel))
+    assert all(p.grad_fn is None for p in new)
+    diffopt.track_higher_grads = True
+    assert fmodel.track_higher_grads is True
+    with pytest.raises(ValueError, match="the optimizer follows its fmodel"):
+        higher_core.get_diff_optim(torch.optim.SGD(model.parameters(), lr=0.1), model.parameters(),
+                                   fmodel=fmodel, track_higher_grads=False)
+
+
+class _Counting(higher_core.optim.DifferentiableOptimizer):
+    """Per-group running state: a step counter k that scales the step, as schedule-free optimizers keep one."""
+
+    def import_group_state(self, group):
+        return {"k": group.pop("k", torch.tensor(0.0, dtype=DT))}
+
+    def update_group_state(self, group, state, params, grads):
+        return {**state, "k": state["k"] + group["lr"]}
+
+    def update_one(self, group, param, grad, state):
+        return param - group["k"] * grad, state
+
+
+def test_per_group_running_state_is_imported_advanced_detached_and_exported():
+    model = _model()
+
+    class Ref(torch.optim.SGD):
+        pass
+
+    opt = Ref(model.parameters(), lr=0.1)
+    opt.param_groups[0]["k"] = 0.5
+    higher_core.register_optim(Ref, _Counting)
+    try:
+        with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
+            assert "k" not in diffopt.param_groups[0]
+            diffopt.step(_loss(fmodel), override={"lr": [torch.tensor(0.25, dtype=DT, requires_grad=True)]})
+            assert diffopt.group_state[0]["k"].requires_grad
+            diffopt.truncate()
+            assert not diffopt.group_state[0]["k"].requires_grad
+            diffopt.step(_loss(fmodel))
+            diffopt.export_state(opt)
+    finally:
+        higher_core.unregister_optim(Ref)
+    assert opt.param_groups[0]["k"] == pytest.approx(0.5 + 0.25 + 0.1, rel=1e-15)
+
+
+class _ComplexRule(higher_core.optim.DifferentiableOptimizer):
+    def update_one(self, group, param, grad, state):
+        return param - group["lr"] * grad, {**state, "seen": param.dtype}
+
+
+@pytest.mark.parametrize(("mode", "dtype"), [("native", torch.complex128), ("real_view", DT)])
+def test_complex_parameters_modes(mode, dtype):
+    rule = type("Rule", (_ComplexRule,), {"complex_parameters": mode})
+    weight = torch.randn(3, dtype=torch.complex128, requires_grad=True)
+    opt = torch.optim.SGD([weight], lr=0.1)
+    diffopt = rule(opt, [weight])
+    new = diffopt.step((weight.abs() ** 2).sum(), params=[weight])
+    assert diffopt.state[0]["seen"] == dtype and new[0].dtype == torch.complex128
+    grad = torch.autograd.grad((weight.abs() ** 2).sum(), weight)[0]
+    torch.testing.assert_close(new[0], weight - 0.1 * grad, rtol=1e-15, atol=0)
+
+
+def test_complex_parameters_refused_by_default():
+    weight = torch.randn(3, dtype=torch.complex128, requires_grad=True)
+    diffopt = _ComplexRule(torch.optim.SGD([weight], lr=0.1), [weight])
+    with pytest.raises(ValueError, match="_ComplexRule does not support complex parameters"):
+        diffopt.step((weight.abs() ** 2).sum(), params=[weight])
+
+
+def test_complex_as_real_is_a_deprecated_alias():
+    with pytest.warns(DeprecationWarning, match="complex_parameters = 'real_view'"):
+        class Old(_ComplexRule):
+            complex_as_real = True
+    assert Old.complex_parameters == "real_view"
 
 
 def test_get_trainable_opt_params_skips_flags():
