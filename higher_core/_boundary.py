@@ -47,11 +47,11 @@ def check_module(value: Any, where: str, argument: str = "model") -> nn.Module:
     raise TypeError(f"{where}({argument}=...) expects a torch.nn.Module, got {_described(value)}{hint}")
 
 
-def check_bool(value: Any, where: str, argument: str) -> bool:
-    """``value`` if it is a ``bool`` (or a NumPy bool); anything else is refused."""
+def check_bool(value: Any, label: str) -> bool:
+    """``value`` if it is a ``bool`` (or a NumPy bool); anything else is refused, naming ``label``."""
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return bool(value)
-    raise TypeError(f"{where}({argument}=...) must be True or False, got {_described(value)}")
+    raise TypeError(f"{label} must be True or False, got {_described(value)}")
 
 
 def check_device(value: Any, where: str) -> torch.device | None:

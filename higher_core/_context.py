@@ -68,8 +68,8 @@ def innerloop_ctx(
     """
     model = check_module(model, "innerloop_ctx")
     device = check_device(device, "innerloop_ctx")
-    copy_initial_weights = check_bool(copy_initial_weights, "innerloop_ctx", "copy_initial_weights")
-    track_higher_grads = check_bool(track_higher_grads, "innerloop_ctx", "track_higher_grads")
+    copy_initial_weights = check_bool(copy_initial_weights, "innerloop_ctx(copy_initial_weights=...)")
+    track_higher_grads = check_bool(track_higher_grads, "innerloop_ctx(track_higher_grads=...)")
     if tasks is not None:  # batched tasks: higher_core/batched
         yield batched.innerloop(model, opt, tasks, device=device, copy_initial_weights=copy_initial_weights,
                                 override=override, track_higher_grads=track_higher_grads, **kwargs)

@@ -151,7 +151,7 @@ class PatchedModule(nn.Module):
         d["_modules"] = patched._modules
         d["_parameters"] = patched._parameters
         d["_buffers"] = patched._buffers
-        self.track_higher_grads = check_bool(track_higher_grads, type(self).__name__, "track_higher_grads")
+        self.track_higher_grads = check_bool(track_higher_grads, f"{type(self).__name__}(track_higher_grads=...)")
 
     @classmethod
     def _from_parts(cls, patched: nn.Module, paths: list[list[str]], meta: list[Meta],
@@ -169,8 +169,8 @@ class PatchedModule(nn.Module):
         if params is not None:
             params = check_fast_weights(params, self._param_meta, self._names, "fmodel(..., params=)")
             latest = self.fast_params
-            if latest is None or len(latest) != len(params) or any(a is not b for a, b in zip(latest, params)):
-                self.update_params(params)
+            if latest is None or any(a is not b for a, b in zip(latest, params)):
+                self._install(params)
         elif self._fast_params is None:
             raise ValueError(
                 "this patched module has no fast weights yet: call it with params=[...] or "
@@ -189,7 +189,10 @@ class PatchedModule(nn.Module):
         is detached, as ``higher`` detached every weight it stepped, so that nothing
         after the first update reaches the original module.
         """
-        params = check_fast_weights(params, self._param_meta, self._names, "update_params")
+        self._install(check_fast_weights(params, self._param_meta, self._names, "update_params"))
+
+    def _install(self, params: list[torch.Tensor]) -> None:
+        """:meth:`update_params` after the checks."""
         initial = self._initial
         if initial is not None and self._fast_params is not None and not self._track_higher_grads:
             params = [p.detach().requires_grad_(p.requires_grad) if p is q else p
@@ -366,7 +369,7 @@ class PatchedModule(nn.Module):
             0.0
         """
         module = check_module(module, "copy_to", "module")
-        buffers = check_bool(buffers, "copy_to", "buffers")
+        buffers = check_bool(buffers, "copy_to(buffers=...)")
         if self._fast_params is None:
             raise ValueError("this patched module has no fast weights yet")
         targets = list(module.named_parameters())
@@ -380,7 +383,15 @@ class PatchedModule(nn.Module):
 
     @property
     def training(self) -> bool:  # type: ignore[override]
-        """Training mode: the private copy's flag, so ``fmodel.training = False`` is ``fmodel.eval()`` at the root."""
+        """Training mode: the private copy's own flag (one source of truth), as ``nn.Module.training``.
+
+        Example:
+            >>> import torch, higher_core
+            >>> fnet = higher_core.patch.monkeypatch(torch.nn.Dropout(0.5))
+            >>> fnet.training = False
+            >>> fnet(torch.ones(3)).tolist()
+            [1.0, 1.0, 1.0]
+        """
         patched = self.__dict__.get("_patched")
         return True if patched is None else patched.training
 
@@ -388,13 +399,21 @@ class PatchedModule(nn.Module):
     def training(self, value: bool) -> None:
         patched = self.__dict__.get("_patched")
         if patched is not None:  # (nn.Module.__init__ sets it before there is a copy)
-            patched.training = check_bool(value, "fmodel.training = ", "value")
+            patched.training = check_bool(value, "fmodel.training")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the ``.grad`` of fast weights that are leaves (as ``nn.Module.zero_grad``).
 
         The initial fast weights are never the original module's parameters, so
         gradients accumulated there (meta-gradients over episodes) are left alone.
+
+        Example:
+            >>> import torch, higher_core
+            >>> net = torch.nn.Linear(2, 1)
+            >>> net.weight.grad = torch.ones_like(net.weight)
+            >>> higher_core.patch.monkeypatch(net, copy_initial_weights=False).zero_grad()
+            >>> net.weight.grad.tolist()
+            [[1.0, 1.0]]
         """
         for p in self.fast_params or ():
             if (p.is_leaf or p.retains_grad) and p.grad is not None:
@@ -410,8 +429,7 @@ class PatchedModule(nn.Module):
 
     @track_higher_grads.setter
     def track_higher_grads(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"track_higher_grads must be a bool, got {type(value).__name__}")
+        value = check_bool(value, "fmodel.track_higher_grads")
         self.__dict__["_track_higher_grads"] = value
         for rnn in self._rnns:
             rnn.__dict__[_NO_CUDNN] = value
@@ -562,8 +580,8 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
     """
     module = check_module(module, "monkeypatch", "module")
     device = check_device(device, "monkeypatch")
-    copy_initial_weights = check_bool(copy_initial_weights, "monkeypatch", "copy_initial_weights")
-    track_higher_grads = check_bool(track_higher_grads, "monkeypatch", "track_higher_grads")
+    copy_initial_weights = check_bool(copy_initial_weights, "monkeypatch(copy_initial_weights=...)")
+    track_higher_grads = check_bool(track_higher_grads, "monkeypatch(track_higher_grads=...)")
     if tasks is not None:  # batched tasks: higher_core/batched
         from higher_core.batched import BatchedPatchedModule
         return BatchedPatchedModule(module, tasks, device=device, copy_initial_weights=copy_initial_weights,

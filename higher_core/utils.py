@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from higher_core._boundary import check_module
+
 __all__ = ["flatten", "get_func_params"]
 
 
@@ -43,6 +45,7 @@ def get_func_params(module: nn.Module, device: torch.device | str | None = None,
         >>> [w.requires_grad and w.is_leaf for w in ws]
         [True, True]
     """
+    module = check_module(module, "get_func_params", "module")
     return [
         p.detach().to(device=device, copy=safe_copy).requires_grad_()
         for p in module.parameters()

@@ -278,7 +278,7 @@ class BatchedPatchedModule(nn.Module):
 
     @track_higher_grads.setter
     def track_higher_grads(self, value: bool) -> None:
-        self.__dict__["_track_higher_grads"] = check_bool(value, "BatchedPatchedModule", "track_higher_grads")
+        self.__dict__["_track_higher_grads"] = check_bool(value, "BatchedPatchedModule.track_higher_grads")
 
     def train(self, mode: bool = True) -> BatchedPatchedModule:
         self.__dict__["training"] = mode
