@@ -158,11 +158,15 @@ class BatchedPatchedModule(nn.Module):
 
     def _looped(self, params: list[torch.Tensor], buffers: list[torch.Tensor], args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> Any:
+        # unbind, not t-indexing: one backward op per tensor instead of T full-size scatters
+        weights = [p.unbind(0) for p in params]
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        columns = [leaf.unbind(0) if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
         outputs = []
         for t in range(self.tasks):
-            task_args, task_kwargs = pytree.tree_map(
-                lambda v, t=t: v[t] if isinstance(v, torch.Tensor) else v, (args, kwargs))
-            outputs.append(self._call([p[t] for p in params], [b[t] for b in buffers], task_args, task_kwargs))
+            task_args, task_kwargs = pytree.tree_unflatten(
+                [leaf if column is None else column[t] for leaf, column in zip(leaves, columns)], spec)
+            outputs.append(self._call([w[t] for w in weights], [b[t] for b in buffers], task_args, task_kwargs))
         return _stack_outputs(outputs)
 
     @property
