@@ -130,3 +130,58 @@ def _conv(device: torch.device, dtype: torch.dtype, tasks: int = 32, steps: int 
     workload = _maml(net, opt, (xs, ys, xq, yq), steps, cross_entropy, per_task_ce)
     other = "vmap" if device.type == "cpu" else "loop"  # the default is the loop on the CPU, vmap elsewhere
     return net, {name: workload[name] for name in ("batched", "loop", f"batched, batching={other!r}")}
+
+
+# -- measuring ---------------------------------------------------------------------------------
+def _check(workload: Workload) -> dict[str, float]:
+    """Each competitor's largest meta-gradient difference from the batched one, relative to the largest
+    batched entry (float64)."""
+    reference = workload["batched"]()
+    scale = max(float(b.abs().max()) for b in reference)
+    return {name: max(float((a - b).abs().max()) for a, b in zip(run(), reference)) / scale
+            for name, run in workload.items()}
+
+
+def _time(workload: Workload, repeats: int, device: torch.device) -> dict[str, float]:
+    def once(run: Callable[[], list[torch.Tensor]]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for run in workload.values():  # warm-up
+        once(run)
+    samples: dict[str, list[float]] = {name: [] for name in workload}
+    for _ in range(repeats):
+        for name, run in workload.items():
+            samples[name].append(once(run))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 7 sine, 2 conv)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {args.threads} thread(s)"))
+    print(f"{'workload':<34}{'competitor':<28}{'time (ms)':>11}{'ratio':>8}{'max rel. diff':>15}")
+    for title, make, repeats in (("sine MAML, 25 tasks, 5 steps", _sine, 7),
+                                 ("conv MAML, 32 tasks, 1 step", _conv, 2)):
+        _, exact = make(device, torch.float64, tasks=4)  # the check needs no more tasks than that
+        differences = _check(exact)
+        _, workload = make(device, torch.float32)
+        times = _time(workload, args.repeats or repeats, device)
+        for name, seconds in times.items():
+            ratio = seconds / times["batched"]
+            print(f"{title:<34}{name:<28}{1e3 * seconds:>11.1f}{ratio:>7.2f}x{differences[name]:>15.1e}")
+
+
+if __name__ == "__main__":
+    main()
