@@ -18,7 +18,6 @@ optimizer step stays batched either way.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from torch.func import functional_call, vmap
 from torch.utils import _pytree as pytree
 
 from higher_core._boundary import check_bool
+from higher_core._module_copy import shallow_tree_copy
 
 __all__ = ["BatchedPatchedModule"]
 
@@ -89,9 +89,9 @@ class BatchedPatchedModule(nn.Module):
         named_buffers = list(module.named_buffers())
         d = self.__dict__
         d["tasks"] = tasks
-        # A private copy, so that train()/eval() do not reach the original; its tensors are shared
-        # (every call swaps ours in).
-        d["_module"] = copy.deepcopy(module, {id(t): t for t in [*params, *(b for _, b in named_buffers)]})
+        # A private copy, so that train()/eval() do not reach the original (plain attributes shared,
+        # as for the unbatched patched module); every call swaps our tensors in.
+        d["_module"] = shallow_tree_copy(module)
         d["_param_names"] = [name for name, _ in module.named_parameters()]
         d["_param_shapes"] = [tuple(p.shape) for p in params]
         d["_buffer_names"] = [name for name, _ in named_buffers]
