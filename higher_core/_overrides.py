@@ -150,10 +150,10 @@ def _plain(value: Any) -> Any:
 
 
 def _learned(value: Any) -> bool:
-    """A tensor that requires grad (or a tuple holding one): a hyperparameter being learned."""
+    """A tensor that requires grad (a hyperparameter being learned) or has no value (meta), or a tuple holding one."""
     if isinstance(value, tuple):
         return any(_learned(v) for v in value)
-    return isinstance(value, torch.Tensor) and value.requires_grad
+    return isinstance(value, torch.Tensor) and (value.requires_grad or value.device.type == "meta")
 
 
 @functools.lru_cache(maxsize=64)
