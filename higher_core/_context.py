@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from higher_core import batched
 from higher_core._boundary import check_bool, check_device, check_module
 from higher_core._optimizer import DifferentiableOptimizer
 from higher_core._overrides import Override
@@ -26,6 +27,7 @@ def innerloop_ctx(
     copy_initial_weights: bool = True,
     override: Override | None = None,
     track_higher_grads: bool = True,
+    tasks: int | None = None,
     **kwargs: Any,
 ) -> Iterator[tuple[PatchedModule, DifferentiableOptimizer]]:
     """A context manager for writing differentiable inner loops.
@@ -44,6 +46,8 @@ def innerloop_ctx(
         override: hyperparameters as ``{name: [value]}`` or one value per group;
             tensors receive gradients.
         track_higher_grads: if False, unroll without a graph ("test mode").
+        tasks: run a meta-batch of ``tasks`` independent inner loops at once: fast
+            weights ``[T, *shape]``, per-task losses ``[T]`` (see :mod:`higher_core.batched`).
         **kwargs: passed on to the differentiable optimizer (``grad_callback``, or a
             plugin's own options).
 
@@ -67,6 +71,10 @@ def innerloop_ctx(
     copy_initial_weights = check_bool(copy_initial_weights, "innerloop_ctx(copy_initial_weights=...)")
     track_higher_grads = check_bool(track_higher_grads, "innerloop_ctx(track_higher_grads=...)")
     diff_type = resolve_for(opt)  # fail before copying the model
+    if tasks is not None:  # batched tasks: higher_core/batched
+        yield batched.innerloop(model, opt, tasks, device=device, copy_initial_weights=copy_initial_weights,
+                                override=override, track_higher_grads=track_higher_grads, **kwargs)
+        return
     fmodel = monkeypatch(model, device=device, copy_initial_weights=copy_initial_weights,
                          track_higher_grads=track_higher_grads)
     diffopt = diff_type(opt, model.parameters(), fmodel=fmodel, device=device, override=override,

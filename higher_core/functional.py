@@ -92,10 +92,14 @@ def add_scaled_exact(x: torch.Tensor, y: torch.Tensor, alpha: Scalar) -> torch.T
     where ``torch.optim`` reads a tensor hyperparameter that way, this matches
     it bit for bit, and a tensor :math:`\alpha` that requires grad still receives
     its gradient through a term that is exactly zero in the forward pass. (It
-    reads the tensor's value, a device synchronisation on CUDA.)
+    reads the tensor's value, a device synchronisation on CUDA.) A tensor
+    :math:`\alpha` of several elements (per-task values ``[T, 1, ..., 1]`` of
+    batched tasks) is broadcast: :math:`x + \alpha y`.
     """
     if not isinstance(alpha, torch.Tensor):
         return torch.add(x, y, alpha=alpha)
+    if alpha.numel() != 1:  # batched tasks: one value per task
+        return x + alpha * y
     out = torch.add(x, y, alpha=alpha.item())
     if alpha.requires_grad:
         out = out + (alpha - alpha.detach()) * y

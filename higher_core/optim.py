@@ -63,6 +63,7 @@ def get_diff_optim(
     device: torch.device | str | None = None,
     override: _overrides.Override | None = None,
     track_higher_grads: bool | None = None,
+    tasks: int | None = None,
     **kwargs: Any,
 ) -> DifferentiableOptimizer:
     """A differentiable version of an existing optimizer, continuing from its state.
@@ -77,6 +78,8 @@ def get_diff_optim(
             group; tensors receive gradients.
         track_higher_grads: if False, steps are taken without a graph (test mode);
             by default the fmodel's flag, or True without an fmodel.
+        tasks: if given, a :class:`higher_core.batched.BatchedDifferentiableOptimizer`
+            stepping ``tasks`` tasks' stacked fast weights (``[T, *shape]``) at once.
         **kwargs: passed on to the differentiable optimizer (e.g. ``grad_callback``).
 
     Raises:
@@ -93,6 +96,11 @@ def get_diff_optim(
         >>> fast = diffopt.step(loss, params=fast)
     """
     diff_type = resolve_for(opt)
+    if tasks is not None:  # batched tasks: higher_core/batched
+        from higher_core.batched import BatchedDifferentiableOptimizer
+        return BatchedDifferentiableOptimizer(  # type: ignore[return-value]
+            diff_type, opt, reference_params, tasks, fmodel=fmodel, device=device, override=override,
+            track_higher_grads=track_higher_grads, **kwargs)
     return diff_type(opt, reference_params, fmodel=fmodel, device=device, override=override,
                      track_higher_grads=track_higher_grads, **kwargs)
 

@@ -552,7 +552,8 @@ def make_functional(module: nn.Module,
 
 
 def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
-                copy_initial_weights: bool = True, track_higher_grads: bool = True) -> PatchedModule:
+                copy_initial_weights: bool = True, track_higher_grads: bool = True,
+                tasks: int | None = None) -> PatchedModule:
     """A monkey-patched stateless version of ``module``, with initial fast weights.
 
     Args:
@@ -565,6 +566,8 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
             gradients (taken w.r.t. the aliases) leave the module's own alone.
         track_higher_grads: if False, only the latest fast weights are kept and the
             unroll is not differentiable (test mode; memory stays flat).
+        tasks: if given, a :class:`higher_core.batched.BatchedPatchedModule` for a
+            meta-batch of ``tasks`` tasks (fast weights ``[T, *shape]``).
 
     Returns:
         A :class:`PatchedModule`. Frozen parameters (``requires_grad=False``) stay
@@ -581,6 +584,10 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
     device = check_device(device, "monkeypatch")
     copy_initial_weights = check_bool(copy_initial_weights, "monkeypatch(copy_initial_weights=...)")
     track_higher_grads = check_bool(track_higher_grads, "monkeypatch(track_higher_grads=...)")
+    if tasks is not None:  # batched tasks: higher_core/batched
+        from higher_core.batched import BatchedPatchedModule
+        return BatchedPatchedModule(module, tasks, device=device, copy_initial_weights=copy_initial_weights,
+                                    track_higher_grads=track_higher_grads)  # type: ignore[return-value]
     fmodule = PatchedModule(module, device=device, track_higher_grads=track_higher_grads)
     initial = _initial_fast_weights(module, device, copy_initial_weights)
     fmodule.update_params(initial)
