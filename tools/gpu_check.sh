@@ -9,6 +9,7 @@
 # Usage: tools/gpu_check.sh OUT_DIR
 # Environment: WHEELS (default .whl), HIGHER_CORE_REQUIRE_CUDA (default 1; 0 to rehearse
 # on a CPU), TEST_WORKERS (pytest-xdist workers where installed, default 8),
+# GPU_CHECK_SITE (where the wheels go; default a new temporary folder),
 # BENCH_REPEATS (default 3), BENCH_ARGS (more arguments for benchmarks/run.py),
 # SKIP_INNER_LOOP_BENCH=1 (run only the batched-tasks benchmark after the tests).
 set -uo pipefail
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 out=${1:?usage: tools/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
 wheels=${WHEELS:-.whl}
-site=$(mktemp -d)
+site=${GPU_CHECK_SITE:-$(mktemp -d)}
 export HIGHER_CORE_REQUIRE_CUDA=${HIGHER_CORE_REQUIRE_CUDA:-1}
 export HIGHER_CORE_STRICT_PLUGINS=1
 export PYTHONDONTWRITEBYTECODE=1
