@@ -80,24 +80,34 @@ def _single_tensor(info, row):
     return dataclasses.replace(row, kwargs={**row.kwargs, "foreach": False})
 
 
-def _torch_refuses_on_cuda(info, row) -> bool:
-    """Whether the reference refuses this row on CUDA at its first step (Adagrad's fused
-    kernel exists for the CPU only); if so, assert that the differentiable optimizer
-    refuses it too, with an error that names the option, instead of stepping."""
-    if info.closure:
-        return False
-    param = torch.ones(3, dtype=torch.float64, device=CUDA, requires_grad=True)
+def _first_reference_step(info, row, device) -> tuple[object, torch.Tensor, Exception | None]:
+    """The reference built on one parameter of the table's first shape on ``device`` and
+    stepped once: (optimizer, parameter, the error it raised or None)."""
+    param = torch.ones(info.shapes[0], dtype=torch.float64, device=device, requires_grad=True)
     opt = info.reference([param], **row.kwargs)
     param.grad = torch.ones_like(param)
     try:
-        opt.step()
+        with torch.no_grad():
+            opt.step()
     except (RuntimeError, ValueError) as refusal:
-        diffopt = higher_core.get_diff_optim(opt, [param])
-        with pytest.raises(ValueError, match=r"fused|foreach|capturable"):
-            diffopt.step((param * param).sum(), params=[param])
-        print(f"{info.name}[{row.desc}]: torch refuses it on CUDA ({refusal}); so does higher-core")
-        return True
-    return False
+        return opt, param, refusal
+    return opt, param, None
+
+
+def _torch_refuses_on_cuda(info, row) -> bool:
+    """Whether the reference refuses this row on CUDA at its first step while it takes it
+    on the CPU (Adagrad's fused kernel exists for the CPU only); if so, assert that the
+    differentiable optimizer refuses it too, with an error that names the option."""
+    if info.closure or _first_reference_step(info, row, CPU)[2] is not None:
+        return False
+    opt, param, refusal = _first_reference_step(info, row, CUDA)
+    if refusal is None:
+        return False
+    diffopt = higher_core.get_diff_optim(opt, [param])
+    with pytest.raises(ValueError, match=r"fused|foreach|capturable"):
+        diffopt.step((param * param).sum(), params=[param])
+    print(f"{info.name}[{row.desc}]: torch refuses it on CUDA ({refusal}); so does higher-core")
+    return True
 
 
 @cuda
@@ -110,6 +120,12 @@ def test_parity_on_cuda(info, row, dtype):
         pytest.skip(f"{info.name}: parity does not apply: {info.skips['parity']}")
     row = _single_tensor(info, row)
     if dtype == torch.float64:
+        if info.closure:
+            # LBFGS on CUDA: cuBLAS dot products and the line search's arithmetic round
+            # differently from the CPU's by an ulp, so from the first step the search
+            # directions agree to ~3e-14 rather than bit for bit (measured on an H200); history
+            # coefficients formed by cancellation (al ~ 2e-6) then differ by ~2e-12 absolute.
+            info = dataclasses.replace(info, atol=max(info.atol, 1e-10))
         check_parity(info, row, device=CUDA)
         return
     if "float32" in info.skips:

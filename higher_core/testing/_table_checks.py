@@ -13,7 +13,7 @@ import re
 import torch
 
 from higher_core.optim import get_diff_optim
-from higher_core.testing._problem import NotApplicable, Problem, _construct, _diff_step
+from higher_core.testing._problem import NotApplicable, Problem, _construct, _diff_step, _reference_step
 from higher_core.testing._table import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
 
 __all__ = ["check_error_input", "check_implementation_flags", "check_registered", "IMPLEMENTATION_FLAGS"]
@@ -75,8 +75,8 @@ def check_implementation_flags(info: OptimizerInfo, device: torch.device | str |
     For every flag in :data:`IMPLEMENTATION_FLAGS` that the reference's
     constructor takes, the differentiable optimizer built from a reference made
     with ``flag=True`` takes bit-identical steps to one built without it. Flags
-    the reference refuses on this device (``capturable`` on CPU, say) are left
-    out; raises :class:`NotApplicable` when none is left. Returns the flags checked.
+    the reference refuses on this device, at construction or at its first step
+    (``capturable`` on CPU, ``fused`` Adagrad on CUDA), are left out; raises :class:`NotApplicable` when none is left. Returns the flags checked.
     """
     accepted = inspect.signature(info.reference.__init__).parameters
     row = info.inputs[0]
@@ -89,7 +89,10 @@ def check_implementation_flags(info: OptimizerInfo, device: torch.device | str |
         params = problem.leaves()
         try:
             opt = _construct(info, params, row, **({flag: True} if flag else {}))
-        except (ValueError, RuntimeError, TypeError):
+            if flag is not None:  # some refuse a flag only at their first step (fused Adagrad on CUDA)
+                probe = problem.leaves()
+                _reference_step(_construct(info, probe, row, **{flag: True}), probe, problem)
+        except (ValueError, RuntimeError, TypeError, AssertionError):  # torch asserts capturable's devices
             refused.append(flag)
             continue
         diffopt = get_diff_optim(opt, params)

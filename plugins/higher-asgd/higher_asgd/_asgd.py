@@ -27,13 +27,15 @@ def _stored(value: Any) -> Any:
 def _next_eta(lr: Any, lambd: Any, alpha: Any, step: float) -> Any:
     r""":math:`\eta_t = \gamma / (1 + \lambda\gamma t)^{\alpha}`, as torch's single-tensor code rounds it.
 
-    A learned ``alpha`` (a tensor) gets a tensor base on its own device: the backward
-    of a Python number raised to a CUDA tensor mixes devices.
+    When one of ``lr``, ``lambd``, ``alpha`` is learned (a tensor that requires grad),
+    all three become tensors on its device and dtype: a CPU number or 0-d tensor mixed
+    into a CUDA power makes its backward fail with a device mismatch.
     """
-    base = 1 + lambd * lr * step
-    if isinstance(alpha, torch.Tensor) and not isinstance(base, torch.Tensor):
-        base = torch.as_tensor(base, dtype=alpha.dtype, device=alpha.device)
-    return _stored(lr / base**alpha)
+    learned = next((v for v in (lr, lambd, alpha) if isinstance(v, torch.Tensor) and v.requires_grad), None)
+    if learned is not None:
+        lr, lambd, alpha = (torch.as_tensor(v, dtype=learned.dtype, device=learned.device)
+                            for v in (lr, lambd, alpha))
+    return _stored(lr / (1 + lambd * lr * step) ** alpha)
 
 
 class DifferentiableASGD(DifferentiableOptimizer):
