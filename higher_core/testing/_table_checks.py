@@ -119,7 +119,7 @@ def check_registered(info: OptimizerInfo) -> str:
     (when the table names it), and the plugin host lists a plugin providing it
     for ``info.reference``. Returns that plugin's source (``higher-adam 0.1.0``).
     """
-    from higher_core._plugins import plugin_host
+    from higher_core._plugins import EXPLICIT, plugin_host
     from higher_core._registry import resolve
 
     found = resolve(info.reference)
@@ -132,7 +132,7 @@ def check_registered(info: OptimizerInfo) -> str:
     built = type(get_diff_optim(_construct(info, params, info.inputs[0]), params))
     assert built is found, f"get_diff_optim built {built.__qualname__}, not {found.__qualname__}"
     providers = plugin_host().table().providers.get(info.reference, [])
-    sources = [p.plugin.source for p in providers if p.diff_type is found]
+    sources = [p.plugin.source for p in providers if p.diff_type is found and p.plugin.name != EXPLICIT]
     assert sources, (
         f"no installed plugin lists {found.__qualname__} for {info.name}: return it from the "
         "plugin's higher_core_optimizers() hook and declare the plugin's entry point in the "
