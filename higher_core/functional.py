@@ -30,6 +30,7 @@ __all__ = [
     "safe_sqrt",
 ]
 
+#: a hyperparameter value, a Python number or a tensor that may require grad
 Scalar = Union[float, torch.Tensor]
 
 

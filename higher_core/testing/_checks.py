@@ -361,6 +361,7 @@ def check_error_input(info: OptimizerInfo, bad: ErrorOptimizerInput,
     raise AssertionError(f"{info.name}[{bad.desc}]: {bad.kwargs} was accepted; expected {bad.error_type.__name__}")
 
 
+#: the function that runs each check of :data:`CHECKS`, by name
 CHECK_FUNCTIONS: dict[str, Callable[[OptimizerInfo, OptimizerInput], Any]] = {
     "parity": check_parity,
     "gradcheck": check_gradcheck,
