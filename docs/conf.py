@@ -45,6 +45,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Tensor|Module|Optimizer|Generator|TracebackType|ParamSpec|T|P|R)"),
     (r"py:.*", r"(.*\.)?_[A-Za-z].*"),   # private helpers named in signatures
     (r"py:data", r"IMPLEMENTATION_FLAGS"),  # a private table of higher_core.testing
+    (r"py:class", r"(Mapping|Iterable|Sequence)\[.*"),  # string forward references inside type aliases
     (r"py:class", r"(Any|Callable|Iterable|Iterator|Mapping|Sequence|Union|Optional|ModuleType)"),
     (r"py:class", r"(optional|default.*|callable|iterable|tensor|tensors|per param group)"),
     (r"py:class", r"(nn\..*|Dropout|BatchNorm.*|Override)"),   # torch names; the private override type

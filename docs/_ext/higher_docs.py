@@ -194,6 +194,18 @@ def _literal_text(node: ast.AST) -> str:
     return ""
 
 
+def public_name(t: type) -> str:
+    """``torch.optim.Adam`` rather than ``torch.optim.adam.Adam``: the shortest module path that exports ``t``."""
+    parts = t.__module__.split(".")
+    for i in range(1, len(parts) + 1):
+        try:
+            if getattr(importlib.import_module(".".join(parts[:i])), t.__name__, None) is t:
+                return f"{'.'.join(parts[:i])}.{t.__name__}"
+        except ImportError:
+            continue
+    return f"{t.__module__}.{t.__qualname__}"
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -215,14 +227,14 @@ def write_plugin_page() -> None:
     providers = sorted(((t, ps[0]) for t, ps in table.providers.items()), key=lambda tp: tp[0].__name__.lower())
     for reference, provider in providers:
         anchor = reference.__name__.lower()
-        lines.append(f"| [`{reference.__module__}.{reference.__name__}`](#{anchor}) | "
+        lines.append(f"| [`{public_name(reference)}`](#{anchor}) | "
                      f"{{py:class}}`~{provider.diff_type.__module__}.{provider.diff_type.__qualname__}` | "
                      f"`{provider.plugin.source}` |")
     for reference, provider in providers:
         diff = provider.diff_type
         public_module = diff.__module__.split(".")[0]
         lines += ["", f"({reference.__name__.lower()})=", f"## {reference.__name__}", "",
-                  f"`{reference.__module__}.{reference.__name__}` → "
+                  f"`{public_name(reference)}` → "
                   f"{{py:class}}`{public_module}.{diff.__name__}` "
                   f"(`pip install {provider.plugin.distribution or public_module}`)", "",
                   _first_paragraph(diff), ""]
