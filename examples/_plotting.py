@@ -20,6 +20,6 @@ def pyplot() -> Any:
 
 def save(fig: Any, path: str) -> None:
     """Write ``fig`` as a compact PNG and say where."""
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, pil_kwargs={"optimize": True})
     pyplot().close(fig)
     print(f"figure written to {path}")
