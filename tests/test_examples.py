@@ -36,7 +36,7 @@ def test_maml_sine_plot(tmp_path):
 
 def test_omniglot_shaped_smoke(tmp_path):
     figure = tmp_path / "omniglot.png"
-    lines = _run("omniglot_shaped.py", "--iterations", "2", "--meta-batch", "2", "--test-tasks", "2",
+    lines = _run("omniglot_shaped.py", "--iterations", "1", "--meta-batch", "1", "--test-tasks", "1",
                  "--plot", str(figure))
     assert figure.stat().st_size > 10_000
     assert any("accuracy" in line for line in lines), lines
