@@ -284,6 +284,24 @@ def readme_sections(text: str) -> dict[str, str]:
     return {k: "\n".join(v).strip() + "\n" for k, v in sections.items()}
 
 
+def _headings_from_level_2(text: str) -> str:
+    """Shift the section's own sub-headings so the highest is ``##`` (the page title is ``#``)."""
+    lines, fence, levels = text.splitlines(), False, []
+    for line in lines:
+        fence = fence != line.startswith("```")
+        match = re.match(r"(#{2,6}) ", line)
+        if match and not fence:
+            levels.append(len(match.group(1)))
+    if not levels:
+        return text
+    shift, fence, out = min(levels) - 2, False, []
+    for line in lines:
+        fence = fence != line.startswith("```")
+        match = re.match(r"(#{2,6}) ", line)
+        out.append(line[shift:] if match and not fence else line)
+    return "\n".join(out) + "\n"
+
+
 def _relink(text: str) -> str:
     def fix(match: re.Match) -> str:
         target = match.group(2)
@@ -314,7 +332,7 @@ def write_readme_sections() -> None:
     sections = readme_sections((ROOT / "README.md").read_text())
     for slug, words in README_PAGES.items():
         heading = next((h for w in words for h in sections if w in h.lower()), None)
-        body = (_relink(sections[heading]) if heading else
+        body = (_headings_from_level_2(_relink(sections[heading])) if heading else
                 "```{note}\nThe README of this version has no section on this yet.\n```\n")
         _write(DOCS / "_readme" / f"{slug}.md", f"<!-- {GENERATED_NOTE} -->\n\n{body}")
 
