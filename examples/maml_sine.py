@@ -7,6 +7,7 @@ the support set fit the task; the baseline pre-trains the same network on all
 tasks jointly and fine-tunes it the same way.
 
 Run:  python examples/maml_sine.py   (about a minute on 2 CPU cores)
+      python examples/maml_sine.py --plot maml_sine.png   (Finn et al. 2017, Fig. 2; needs matplotlib)
       torchrun --nproc_per_node=2 examples/maml_sine.py --distributed   (the meta-batch split in 2)
 """
 
@@ -15,13 +16,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.functional import mse_loss
 
 import higher_core as higher
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the examples' helpers, however this is loaded
+from _progress import Progress  # noqa: E402
 
 K = 10
 INNER_LR = 0.01
@@ -79,7 +85,8 @@ def share(meta_batch: int, rank: int, world: int) -> range:
 
 
 def meta_train(model: nn.Module, iterations: int, meta_batch: int, inner_steps: int, seed: int,
-               dtype: torch.dtype = torch.float32, rank: int = 0, world: int = 1) -> None:
+               dtype: torch.dtype = torch.float32, rank: int = 0, world: int = 1,
+               progress: Progress | None = None) -> None:
     """MAML; ``model`` may be a DistributedDataParallel, and then runs this process's share of each meta-batch."""
     meta_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     inner_opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
@@ -87,13 +94,17 @@ def meta_train(model: nn.Module, iterations: int, meta_batch: int, inner_steps: 
     for iteration in range(iterations):
         xs, ys, xq, yq = sample_meta_batch(seed, iteration, mine, dtype)
         meta_opt.zero_grad()
+        meta_loss = 0.0
         for i in range(len(mine)):
             loss = query_loss(model, inner_opt, (xs[i], ys[i], xq[i], yq[i]), inner_steps) / len(mine)
+            meta_loss += loss.item()
             if i + 1 < len(mine):
                 loss.backward()
             else:  # averages the meta-gradients across processes under DDP; loss.backward() otherwise
                 higher.distributed.backward(loss, model)
         meta_opt.step()
+        if progress is not None:
+            progress.update(iteration + 1, **{"meta-loss": meta_loss})
 
 
 def pretrain(net: nn.Module, iterations: int, meta_batch: int, seed: int, dtype: torch.dtype) -> None:
@@ -121,6 +132,66 @@ def evaluate(net: nn.Module, tasks: tuple[torch.Tensor, ...], steps: tuple[int, 
     return {s: total / xs.shape[0] for s, total in totals.items()}
 
 
+def adapted_predictions(net: nn.Module, task: tuple[torch.Tensor, ...], x: torch.Tensor,
+                        steps: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """``net``'s predictions at ``x`` after each number of SGD steps on the task's support set."""
+    xs, ys = task[0], task[1]
+    inner_opt = torch.optim.SGD(net.parameters(), lr=INNER_LR)
+    predictions = {}
+    with higher.innerloop_ctx(net, inner_opt, track_higher_grads=False) as (fnet, diffopt):
+        for step in range(max(steps) + 1):
+            if step in steps:
+                with torch.no_grad():
+                    predictions[step] = fnet(x).squeeze(-1)
+            if step < max(steps):
+                diffopt.step(mse_loss(fnet(xs), ys))
+    return predictions
+
+
+def plot(path: str, nets: dict[str, nn.Module], curves: dict[str, dict[int, float]], dtype: torch.dtype) -> None:
+    """Finn et al. (2017) Fig. 2: fits on held-out waves after 0, 1, 10 steps, and the query-loss curves."""
+    from _plotting import pyplot, save
+
+    plt = pyplot()
+    u = torch.rand(3, 2 * K + 2, 1, generator=torch.Generator().manual_seed(2017), dtype=dtype)
+    tasks = _tasks_from_uniform(u)
+    grid = torch.linspace(-5, 5, 200, dtype=dtype).unsqueeze(-1)
+    steps = (0, 1, 10)
+    fig = plt.figure(figsize=(12, 5.2))
+    layout = fig.add_gridspec(len(nets), 4, width_ratios=(1, 1, 1, 1.25), wspace=0.35, hspace=0.3,
+                              left=0.05, right=0.98, bottom=0.14, top=0.9)
+    colors = {0: "#9ecae1", 1: "#3182bd", 10: "#08306b"}
+    for row, (name, net) in enumerate(nets.items()):
+        for col in range(3):
+            ax = fig.add_subplot(layout[row, col])
+            task = tuple(t[col] for t in tasks)
+            amplitude, phase = 0.1 + 4.9 * u[col, 0, 0], math.pi * u[col, 1, 0]
+            ax.plot(grid[:, 0], amplitude * torch.sin(grid[:, 0] - phase), color="#d62728", lw=2,
+                    label="true function")
+            for step, prediction in adapted_predictions(net, task, grid, steps).items():
+                ax.plot(grid[:, 0], prediction, color=colors[step], lw=1.3, ls="--" if step == 0 else "-",
+                        label=f"after {step} step{'s' * (step != 1)}")
+            ax.scatter(task[0][:, 0], task[1][:, 0], color="black", marker="^", s=18, zorder=3,
+                       label=f"{K} support points")
+            ax.set_ylim(-5.5, 5.5)
+            ax.tick_params(labelsize=7)
+            if col == 0:
+                ax.set_ylabel(name, fontsize=9)
+            if row == 0 and col == 0:
+                fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8, frameon=False)
+    ax = fig.add_subplot(layout[:, 3])
+    for (name, curve), color in zip(curves.items(), ("#08306b", "#e6550d")):
+        ax.plot(list(curve), list(curve.values()), marker="o", ms=3, color=color, label=name)
+    ax.set_xlabel("SGD steps on the support set", fontsize=9)
+    ax.set_ylabel("query MSE (held-out tasks)", fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title("loss after adaptation", fontsize=9)
+    fig.suptitle(f"MAML vs pre-training, few-shot sine regression (K={K}, SGD lr={INNER_LR})", fontsize=10)
+    save(fig, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=2500)
@@ -131,6 +202,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--distributed", action="store_true",
                         help="split each meta-batch across the processes of torchrun (gloo on CPU, NCCL on GPU)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw the fits and loss curves (Finn et al. 2017, Fig. 2); needs matplotlib")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
 
@@ -143,7 +216,10 @@ def main() -> None:
     baseline_net.load_state_dict(maml_net.state_dict())
     model = torch.nn.parallel.DistributedDataParallel(maml_net) if args.distributed else maml_net
     start = time.perf_counter()
-    meta_train(model, args.iterations, args.meta_batch, args.inner_steps, args.seed, dtype, rank, world)
+    progress = Progress(args.iterations, "meta-training") if rank == 0 else None
+    meta_train(model, args.iterations, args.meta_batch, args.inner_steps, args.seed, dtype, rank, world, progress)
+    if progress is not None:
+        progress.close()
     trained = time.perf_counter() - start
     if args.distributed:
         torch.distributed.destroy_process_group()
@@ -162,6 +238,10 @@ def main() -> None:
     print(f"  {'weights':<22}" + "".join(f"{'n=' + str(s):>10}" for s in steps))
     for name, losses in rows.items():
         print(f"  {name:<22}" + "".join(f"{losses[s]:>10.3f}" for s in steps))
+    if args.plot:
+        curves = {name: evaluate(net, test_tasks, tuple(range(11)))
+                  for name, net in (("MAML (meta-learned)", maml_net), ("pre-trained baseline", baseline_net))}
+        plot(args.plot, {"MAML": maml_net, "pre-trained": baseline_net}, curves, dtype)
     print("checksum", repr(sum(float(p.detach().sum()) for p in maml_net.parameters())))
 
 

@@ -54,7 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ComplexParameters", "DifferentiableOptimizer", "GradCallback", "Scope", "State"]
 
+#: one parameter's optimizer state: ``torch.optim``'s keys (``step``, ``exp_avg``, ...) to values
 State = dict[str, Any]
+#: called with the gradients of a step; returns the gradients to use (e.g. clipped)
 GradCallback = Callable[[list[torch.Tensor | None]], Iterable[torch.Tensor | None]]
 ComplexParameters = Literal["refuse", "real_view", "native"]
 Scope = Literal["element", "tensor", "global"]

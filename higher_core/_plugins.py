@@ -53,6 +53,7 @@ __all__ = [
     "ONLY_ENV",
 ]
 
+#: marks a plugin's implementation of a hook of :mod:`higher_core.hookspecs` (pluggy)
 hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT_NAME)
 """Marker for hook implementations: decorate ``higher_core_optimizers`` with it."""
 

@@ -33,6 +33,7 @@ __all__ = [
     "scalar_dtype",
 ]
 
+#: a hyperparameter value, a Python number or a tensor that may require grad
 Scalar = Union[float, torch.Tensor]
 
 

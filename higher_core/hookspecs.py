@@ -42,6 +42,7 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 #: every hook a plugin may implement; any other name marked with ``hookimpl`` is refused
 HOOK_NAMES = ("higher_core_optimizers", "higher_core_conformance")
 
+#: what ``higher_core_optimizers`` returns: optimizer type -> differentiable class, as a mapping or pairs
 OptimizerTable = Union[
     "Mapping[type[torch.optim.Optimizer], type[DifferentiableOptimizer]]",
     "Iterable[tuple[type[torch.optim.Optimizer], type[DifferentiableOptimizer]]]",

@@ -1,0 +1,58 @@
+"""The examples run, draw their figures headless, and show progress only on a terminal."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+from _progress import Progress  # noqa: E402
+
+def _run(script: str, *args: str) -> list[str]:
+    pytest.importorskip("matplotlib", reason='--plot needs matplotlib (pip install "higher-core[examples]")')
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    env.pop("DISPLAY", None)
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_maml_sine_plot(tmp_path):
+    figure = tmp_path / "sine.png"
+    lines = _run("maml_sine.py", "--iterations", "2", "--meta-batch", "2", "--test-tasks", "3", "--plot", str(figure))
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figure.stat().st_size > 20_000  # three panels per row, two rows and a curve: not an empty canvas
+    assert lines[-1].startswith("checksum "), lines  # the checksum stays the last line
+    assert not any("\r" in line or "meta-training [" in line for line in lines)  # no progress bar into a pipe
+
+
+def test_omniglot_shaped_smoke(tmp_path):
+    figure = tmp_path / "omniglot.png"
+    lines = _run("omniglot_shaped.py", "--iterations", "1", "--meta-batch", "1", "--test-tasks", "1",
+                 "--plot", str(figure))
+    assert figure.stat().st_size > 10_000
+    assert any("accuracy" in line for line in lines), lines
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal():
+    terminal, pipe = _Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        bar = Progress(4, "meta-training", stream=stream, interval=0.0)
+        bar.update(2, **{"meta-loss": 0.25})
+        bar.close()
+    assert "meta-training [" in terminal.getvalue() and "2/4 meta-loss 0.25" in terminal.getvalue()
+    assert terminal.getvalue().endswith("\r\033[K")  # the line is erased before the results
+    assert pipe.getvalue() == ""
