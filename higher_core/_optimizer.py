@@ -58,7 +58,9 @@ __all__ = ["ComplexParameters", "DifferentiableOptimizer", "GradCallback", "Scop
 State = dict[str, Any]
 #: called with the gradients of a step; returns the gradients to use (e.g. clipped)
 GradCallback = Callable[[list[torch.Tensor | None]], Iterable[torch.Tensor | None]]
+#: how a rule takes complex parameters: refused, stepped on their real views, or as they are
 ComplexParameters = Literal["refuse", "real_view", "native"]
+#: what one element's update depends on: that element, its whole tensor, or all of them
 Scope = Literal["element", "tensor", "global"]
 
 
@@ -104,18 +106,18 @@ class DifferentiableOptimizer:
         >>> new_weights = diffopt.step(fmodel(torch.ones(3, 2)).pow(2).sum())
     """
 
-    #: The hyperparameters that may be overridden (and so learned as tensors): the
+    #: The hyperparameters that may be overridden (and so learned as tensors), the
     #: one definition of "hyperparameter". Other group keys (flags such as
     #: ``amsgrad``, integers such as LBFGS's ``history_size``) are options fixed by
-    #: the optimizer: overriding them is a ValueError listing these names.
+    #: the optimizer; overriding them is a ValueError listing these names.
     tensor_hyperparameters: ClassVar[tuple[str, ...]] = ("lr",)
-    #: How complex parameters are stepped: ``"refuse"`` (a ValueError naming the
+    #: How complex parameters are stepped. ``"refuse"`` (a ValueError naming the
     #: optimizer), ``"real_view"`` (the rule sees ``torch.view_as_real`` views of
     #: parameters, gradients and state, as ``torch.optim``'s element-wise
     #: optimizers step them), ``"native"`` (the rule receives complex tensors as
     #: they are, e.g. Lion's complex sign).
     complex_parameters: ClassVar[ComplexParameters] = "refuse"
-    #: What a parameter's new value depends on: ``"element"`` (each element only
+    #: What a parameter's new value depends on. ``"element"`` (each element only
     #: on the same element of param, grad and state, and on the hyperparameters:
     #: SGD, Adam, ...), ``"tensor"`` (reductions over a whole tensor: Adafactor,
     #: Muon), ``"global"`` (couples tensors or groups: LBFGS, Prodigy). Batched
@@ -158,7 +160,7 @@ class DifferentiableOptimizer:
             )
         reference = list(reference_params)
         position = {id(p): i for i, p in enumerate(reference)}
-        #: the param groups: hyperparameters, and ``params`` as positions into the fast weights
+        #: the param groups, their hyperparameters and ``params`` as positions into the fast weights
         self.param_groups: list[dict[str, Any]] = []
         for group in other.param_groups:
             indices = []
@@ -190,7 +192,7 @@ class DifferentiableOptimizer:
         self._override = self._validated(override)
         #: the reference optimizer's constructor defaults
         self.defaults: dict[str, Any] = dict(other.defaults)
-        #: per parameter position: its state (``torch.optim``'s keys)
+        #: each parameter's state (``torch.optim``'s keys), by its position
         self.state: dict[int, State] = {}
         for i, p in enumerate(reference):
             existing = other.state.get(p)
@@ -202,7 +204,7 @@ class DifferentiableOptimizer:
     # -- declarations read at run time ----------------------------------------------------
     @property
     def track_higher_grads(self) -> bool:
-        """Whether steps build a graph: the fmodel's flag when there is one (one source of truth).
+        """Whether steps build a graph; the fmodel's flag when there is one (one source of truth).
 
         Example:
             >>> import torch, higher_core

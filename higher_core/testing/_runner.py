@@ -18,6 +18,7 @@ from higher_core.testing._table_checks import check_error_input, check_implement
 
 __all__ = ["CHECK_FUNCTIONS", "TABLE_CHECKS", "run_check", "conformance_cases", "conformance_tests"]
 
+#: the function that runs each check of :data:`CHECKS`, by name
 CHECK_FUNCTIONS: dict[str, Callable[[OptimizerInfo, OptimizerInput], Any]] = {
     "parity": _checks.check_parity,
     "gradcheck": _checks.check_gradcheck,
