@@ -66,14 +66,15 @@ def make_net() -> nn.Module:
     return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
 
 
-def query_loss(model: nn.Module, inner_opt: torch.optim.Optimizer, task: tuple[torch.Tensor, ...],
-               inner_steps: int) -> torch.Tensor:
-    """One task: ``inner_steps`` SGD steps on the support set, then the loss on the query set."""
-    xs, ys, xq, yq = task
-    with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fnet, diffopt):
+def query_losses(model: nn.Module, inner_opt: torch.optim.Optimizer, tasks: tuple[torch.Tensor, ...],
+                 inner_steps: int) -> torch.Tensor:
+    """Every task of the meta-batch at once (``tasks=``): ``inner_steps`` SGD steps on each
+    support set, then each query loss; inputs shaped (T, K, 1), the losses (T,)."""
+    xs, ys, xq, yq = tasks
+    with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False, tasks=len(xs)) as (fnet, diffopt):
         for _ in range(inner_steps):
-            diffopt.step(mse_loss(fnet(xs), ys))
-        return mse_loss(fnet(xq), yq)
+            diffopt.step((fnet(xs) - ys).pow(2).mean((1, 2)))
+        return (fnet(xq) - yq).pow(2).mean((1, 2))
 
 
 def share(meta_batch: int, rank: int, world: int) -> range:
@@ -94,14 +95,10 @@ def meta_train(model: nn.Module, iterations: int, meta_batch: int, inner_steps: 
     for iteration in range(iterations):
         xs, ys, xq, yq = sample_meta_batch(seed, iteration, mine, dtype)
         meta_opt.zero_grad()
-        meta_loss = 0.0
-        for i in range(len(mine)):
-            loss = query_loss(model, inner_opt, (xs[i], ys[i], xq[i], yq[i]), inner_steps) / len(mine)
-            meta_loss += loss.item()
-            if i + 1 < len(mine):
-                loss.backward()
-            else:  # averages the meta-gradients across processes under DDP; loss.backward() otherwise
-                higher.distributed.backward(loss, model)
+        loss = query_losses(model, inner_opt, (xs, ys, xq, yq), inner_steps).mean()
+        meta_loss = loss.item()
+        # averages the meta-gradients across processes under DDP; loss.backward() otherwise
+        higher.distributed.backward(loss, model)
         meta_opt.step()
         if progress is not None:
             progress.update(iteration + 1, **{"meta-loss": meta_loss})
