@@ -5,7 +5,7 @@ model in DistributedDataParallel on 2 processes); the figure is meta-iterations
 per second of the slowest process after one warm-up iteration, and the ratio of
 2 processes to 1 (ideal: 2.0 on 2 idle cores). Quote it only from a quiet machine.
 
-Run:  python benchmarks/distributed_scaling.py [--meta-batch 32 --inner-steps 5 --iterations 10]
+Run:  python benchmarks/distributed_scaling.py [--meta-batch 1024 --inner-steps 5 --iterations 10]
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def iterations_per_second(world: int, args: argparse.Namespace) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--meta-batch", type=int, default=32)
+    parser.add_argument("--meta-batch", type=int, default=1024,
+                        help="tasks per meta-iteration (large, so that compute dominates: with tasks= a small one is communication-bound)")
     parser.add_argument("--inner-steps", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=10)
     args = parser.parse_args()
