@@ -151,7 +151,7 @@ def test_get_diff_optim_device_moves_the_state_of_a_cpu_reference(info):
     row = _single_tensor(info, info.inputs[0])
     opt, ref_params = _reference(info, row, Problem(info.shapes), warmup=3)
     diffopt = higher_core.get_diff_optim(opt, ref_params, device=CUDA)
-    for i, state in diffopt.state.items():
+    for i, state in diffopt.param_state.items():
         for key, value in state.items():
             for t in _tensors(value):
                 assert t.device == CUDA, f"{info.name}: state {key!r} of param {i} stayed on {t.device}"
@@ -211,8 +211,8 @@ def test_innerloop_ctx_device_moves_fast_weights_buffers_and_state():
     fmodel, diffopt, meta = _maml(model, opt, CUDA)
     assert all(p.device == CUDA for p in fmodel.fast_params)
     assert all(b.device == CUDA for b in fmodel.buffers())
-    assert diffopt.state and all(
-        t.device == CUDA for state in diffopt.state.values() for v in state.values() for t in _tensors(v)
+    assert diffopt.param_state and all(
+        t.device == CUDA for state in diffopt.param_state.values() for v in state.values() for t in _tensors(v)
     )
     # the original stays on the CPU, and the meta-gradients reach it there
     assert all(p.device == CPU for p in model.parameters()) and all(b.device == CPU for b in model.buffers())

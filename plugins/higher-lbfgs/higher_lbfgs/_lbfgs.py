@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
@@ -112,10 +113,10 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
                 "export_state: the optimizer's param groups differ from the ones this differentiable "
                 "optimizer was built from; pass that optimizer"
             )
-        owner = next((i for i in self.param_groups[0]["params"] if i in self.state), None)
+        owner = next((i for i in self.param_groups[0]["params"] if self.param_state.get(i)), None)
         if owner is not None:
             first = opt.param_groups[0]["params"][0]
-            opt.state[first] = self.export_param_state(self.state[owner], first)
+            opt.state[first] = self.export_param_state(self.param_state[owner], first)
 
     def step(  # type: ignore[override]
         self,
@@ -140,15 +141,34 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
         """
         if kwargs:
             raise TypeError(f"step() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
-        if not callable(closure):
-            raise TypeError(
-                f"{type(self).__name__}.step() takes a closure params -> loss (it re-evaluates the "
-                f"loss at new iterates), got {type(closure).__name__}"
-            )
+        _check_closure(type(self).__name__, closure)
         params = self.fast_weights(params)
         group = self.groups_for_step(override)[0]
         new_params = _Run(self, group, closure, grad_callback).run(params)
         return self.finish_step(params, new_params)
+
+
+_CONVENTION = (
+    "it re-evaluates the loss at new iterates, so it takes closure(params) -> loss, the loss at the "
+    "fast weights it is given: diffopt.step(lambda params: loss_fn(fmodel(x, params=params)))"
+)
+
+
+def _check_closure(name: str, closure: Any) -> None:
+    """Refuse a loss, a non-callable, or torch's zero-argument closure, saying what the step expects."""
+    if not callable(closure):
+        raise TypeError(f"{name}.step(closure): got a {type(closure).__name__}, not a closure; {_CONVENTION}")
+    try:
+        signature = inspect.signature(closure)
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise TypeError(
+            f"{name}.step(closure): the closure takes no argument (torch.optim.LBFGS's convention, "
+            f"where it reads the model's weights); {_CONVENTION}"
+        ) from None
 
 
 class _Run:
@@ -201,12 +221,12 @@ class _Run:
 
     # -- the step ----------------------------------------------------------------------
     def run(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        state_store = self.optimizer.state
+        state_store = self.optimizer.param_state
         loss, grads = self.evaluate(params)
         self.active = {i for i in self.indices if grads[i] is not None}
         if not self.active:
             return params
-        owner = next((i for i in self.indices if i in state_store), None)
+        owner = next((i for i in self.indices if state_store.get(i)), None)
         state = dict(state_store[owner]) if owner is not None else {}
         new_params, new_state = self.iterate(params, loss, self.flatten(grads, params), state)
         if owner is not None:

@@ -204,7 +204,7 @@ def test_truncate_and_test_mode_detach_the_step_size():
         diffopt.truncate()
         assert not any(isinstance(v, torch.Tensor) and v.requires_grad
                        for group in diffopt.group_state for v in group.values())
-        assert not any(v.requires_grad for state in diffopt.state.values()
+        assert not any(v.requires_grad for state in diffopt.param_state.values()
                        for v in state.values() if isinstance(v, torch.Tensor))
 
 
