@@ -341,7 +341,7 @@ def test_state_on_another_device_is_a_clear_error_on_any_machine():
     model = nn.Linear(3, 1).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     diffopt = higher_core.get_diff_optim(opt, model.parameters())
-    diffopt.state[0] = {"momentum_buffer": torch.zeros(1, 3, dtype=torch.float64, device="meta")}
+    diffopt.param_state[0] = {"momentum_buffer": torch.zeros(1, 3, dtype=torch.float64, device="meta")}
     fast = [p.detach().clone().requires_grad_() for p in model.parameters()]
     with pytest.raises(ValueError, match=r"torch.optim.SGD: optimizer state 'momentum_buffer' of parameter 0 is "
                                          r"on meta but its fast weight is on cpu; pass device='cpu'"):

@@ -57,7 +57,7 @@ def test_group_initial_accumulator_value_is_ignored_like_torch():
     fast = diffopt.step(problem.loss(fast), params=fast)
     _torch_step(opt, params, problem)
     for i, p in enumerate(params):
-        assert torch.equal(diffopt.state[i]["sum"], opt.state[p]["sum"])
+        assert torch.equal(diffopt.param_state[i]["sum"], opt.state[p]["sum"])
         torch.testing.assert_close(fast[i], p, rtol=1e-12, atol=0)
 
 
@@ -68,7 +68,7 @@ def test_create_diff_optim_builds_state_from_real_params():
         torch.optim.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.5}, params=fast)
     fast = diffopt.step(problem.loss(fast), params=fast)
     assert all(torch.isfinite(p).all() and not p.is_meta for p in fast)
-    assert not diffopt.state[0]["sum"].is_meta
+    assert not diffopt.param_state[0]["sum"].is_meta
 
 
 def test_initial_accumulator_value_receives_hypergradient():
