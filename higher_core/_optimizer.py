@@ -30,12 +30,16 @@ The contract (every name public; nothing else of the base class may be used):
   :meth:`~DifferentiableOptimizer.gradients`,
   :meth:`~DifferentiableOptimizer.check_devices`,
   :meth:`~DifferentiableOptimizer.finish_step`; and the attributes
-  :attr:`~DifferentiableOptimizer.param_groups`, :attr:`~DifferentiableOptimizer.state`,
+  :attr:`~DifferentiableOptimizer.param_groups`, :attr:`~DifferentiableOptimizer.param_state`,
   :attr:`~DifferentiableOptimizer.group_state`, :attr:`~DifferentiableOptimizer.defaults`,
   :attr:`~DifferentiableOptimizer.track_higher_grads`,
   :attr:`~DifferentiableOptimizer.optimizer_name`.
 
 Update rules are written with :mod:`higher_core.functional`'s helpers.
+:attr:`~DifferentiableOptimizer.state` is not for plugins: it shows
+:attr:`~DifferentiableOptimizer.param_state` in the old ``higher`` layout, for user
+code; a subclass written for ``higher`` (``_update(grouped_grads)``) still runs,
+deprecated (see :mod:`higher_core._higher_compat`).
 """
 
 from __future__ import annotations
@@ -333,7 +337,7 @@ class DifferentiableOptimizer:
         states (:meth:`init_state`), advances the group's running state
         (:meth:`update_group_state`), handles complex parameters as
         :attr:`complex_parameters` says, calls :meth:`update` and stores the new
-        states in :attr:`state`. Override it for an optimizer whose statistics
+        states in :attr:`param_state`. Override it for an optimizer whose statistics
         span groups (Prodigy's global step size).
 
         Args:
