@@ -1,7 +1,7 @@
 """Bad inputs at the optimizer's boundary: a clear error naming the argument, never a silent result (issue 12).
 
-One table, one row per bad call: ``BadInput(call, error, regex, desc)`` (as in
-``tests/test_bad_inputs.py``, which holds the patched module's rows); ``regex``
+One table, one row per bad call: ``pytest.param(call, error, regex, id=...)`` (the patched
+module's rows are in ``tests/test_bad_inputs.py``); ``regex``
 must match the message and names the argument or option. Below the table, the
 cases that are not errors: behaviour pinned against torch or the documentation.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,14 +18,6 @@ import torch
 from torch import nn
 
 import higher_core as higher
-
-
-@dataclass(frozen=True)
-class BadInput:
-    call: Callable[[], Any]
-    error: type[Exception]
-    regex: str
-    desc: str
 
 
 X = torch.ones(3, 2)
@@ -141,63 +132,61 @@ _SGD = torch.optim.SGD
 
 ROWS = [
     # step(loss): the loss must be a scalar tensor that reaches the current fast weights
-    BadInput(lambda: _step(lambda f, n: _loss(n)), ValueError, r"step\(loss\).*does not reach any fast weight", "loss of the original model"),
-    BadInput(lambda: _step(lambda f, n: _loss(n), copy=False), ValueError, r"step\(loss\).*does not reach any fast weight", "original model, copy_initial_weights=False"),
-    BadInput(lambda: _step(_from_another_context), ValueError, r"step\(loss\).*does not reach any fast weight", "loss of another context"),
-    BadInput(lambda: _stale_twice(), ValueError, r"step\(loss\).*does not reach any fast weight", "the same loss twice"),
-    BadInput(lambda: _stale_twice(copy=False), ValueError, r"step\(loss\).*does not reach any fast weight", "the same loss twice, aliases"),
-    BadInput(lambda: _stale_twice(track=False), ValueError, r"step\(loss\).*does not reach any fast weight", "the same loss twice, test mode"),
-    BadInput(lambda: _without_fmodel(lambda fast: fast[0].sum().detach().requires_grad_()), ValueError, r"step\(loss\).*does not reach any fast weight", "params=, unrelated loss"),
-    BadInput(lambda: _step(lambda f, n: f(X).pow(2)), ValueError, r"step\(loss\): loss must be a scalar.*shape \(3, 1\).*\.sum\(\)", "non-scalar loss"),
-    BadInput(lambda: _step(lambda f, n: f(X).pow(2).sum(1)), ValueError, r"step\(loss\): loss must be a scalar.*shape \(3,\)", "1-D loss"),
-    BadInput(lambda: _step(lambda f, n: 1.5), TypeError, r"step\(loss\): loss must be a tensor.*float", "a float loss"),
-    BadInput(lambda: _step(lambda f, n: None), TypeError, r"step\(loss\): loss must be a tensor.*NoneType", "None loss"),
+    pytest.param(lambda: _step(lambda f, n: _loss(n)), ValueError, r"step\(loss\).*does not reach any fast weight", id="loss of the original model"),
+    pytest.param(lambda: _step(lambda f, n: _loss(n), copy=False), ValueError, r"step\(loss\).*does not reach any fast weight", id="original model, copy_initial_weights=False"),
+    pytest.param(lambda: _step(_from_another_context), ValueError, r"step\(loss\).*does not reach any fast weight", id="loss of another context"),
+    pytest.param(lambda: _stale_twice(), ValueError, r"step\(loss\).*does not reach any fast weight", id="the same loss twice"),
+    pytest.param(lambda: _stale_twice(copy=False), ValueError, r"step\(loss\).*does not reach any fast weight", id="the same loss twice, aliases"),
+    pytest.param(lambda: _stale_twice(track=False), ValueError, r"step\(loss\).*does not reach any fast weight", id="the same loss twice, test mode"),
+    pytest.param(lambda: _without_fmodel(lambda fast: fast[0].sum().detach().requires_grad_()), ValueError, r"step\(loss\).*does not reach any fast weight", id="params=, unrelated loss"),
+    pytest.param(lambda: _step(lambda f, n: f(X).pow(2)), ValueError, r"step\(loss\): loss must be a scalar.*shape \(3, 1\).*\.sum\(\)", id="non-scalar loss"),
+    pytest.param(lambda: _step(lambda f, n: f(X).pow(2).sum(1)), ValueError, r"step\(loss\): loss must be a scalar.*shape \(3,\)", id="1-D loss"),
+    pytest.param(lambda: _step(lambda f, n: 1.5), TypeError, r"step\(loss\): loss must be a tensor.*float", id="a float loss"),
+    pytest.param(lambda: _step(lambda f, n: None), TypeError, r"step\(loss\): loss must be a tensor.*NoneType", id="None loss"),
     # grad_callback: one gradient per parameter, None or of the parameter's shape
-    BadInput(lambda: _callback(lambda gs: None), TypeError, r"grad_callback returned None.*return", "forgot return"),
-    BadInput(lambda: _callback(lambda gs: None, at_step=True), TypeError, r"grad_callback returned None.*return", "forgot return, step"),
-    BadInput(lambda: _callback(lambda gs: [g.t() for g in gs]), ValueError, r"grad_callback returned a gradient of shape \(2, 1\) for parameter 0 of shape \(1, 2\)", "transposed"),
-    BadInput(lambda: _callback(lambda gs: [g.sum() for g in gs]), ValueError, r"grad_callback returned a gradient of shape \(\) for parameter 0", "0-d"),
-    BadInput(lambda: _callback(lambda gs: gs[:1]), ValueError, r"grad_callback returned 1 gradients for 2 parameters", "too few"),
-    BadInput(lambda: _callback(lambda gs: [0.0, 0.0]), TypeError, r"grad_callback returned a float for parameter 0", "numbers"),
-    BadInput(lambda: _callback(lambda gs: [g.t() for g in gs], at_step=True), ValueError, r"grad_callback returned a gradient of shape", "transposed, step"),
+    pytest.param(lambda: _callback(lambda gs: None), TypeError, r"grad_callback returned None.*return", id="forgot return"),
+    pytest.param(lambda: _callback(lambda gs: None, at_step=True), TypeError, r"grad_callback returned None.*return", id="forgot return, step"),
+    pytest.param(lambda: _callback(lambda gs: [g.t() for g in gs]), ValueError, r"grad_callback returned a gradient of shape \(2, 1\) for parameter 0 of shape \(1, 2\)", id="transposed"),
+    pytest.param(lambda: _callback(lambda gs: [g.sum() for g in gs]), ValueError, r"grad_callback returned a gradient of shape \(\) for parameter 0", id="0-d"),
+    pytest.param(lambda: _callback(lambda gs: gs[:1]), ValueError, r"grad_callback returned 1 gradients for 2 parameters", id="too few"),
+    pytest.param(lambda: _callback(lambda gs: [0.0, 0.0]), TypeError, r"grad_callback returned a float for parameter 0", id="numbers"),
+    pytest.param(lambda: _callback(lambda gs: [g.t() for g in gs], at_step=True), ValueError, r"grad_callback returned a gradient of shape", id="transposed, step"),
     # a parameter listed twice in one group
-    BadInput(lambda: _duplicate(_SGD), ValueError, r"param group 0 lists parameter 0 \(shape \(1, 2\)\) twice", "duplicate, SGD"),
-    BadInput(lambda: _duplicate(torch.optim.Adam), ValueError, r"param group 0 lists parameter 0 .*twice", "duplicate, Adam"),
+    pytest.param(lambda: _duplicate(_SGD), ValueError, r"param group 0 lists parameter 0 \(shape \(1, 2\)\) twice", id="duplicate, SGD"),
+    pytest.param(lambda: _duplicate(torch.optim.Adam), ValueError, r"param group 0 lists parameter 0 .*twice", id="duplicate, Adam"),
     # sparse gradients
-    BadInput(lambda: _sparse(torch.optim.Adam), ValueError, r"torch\.optim\.Adam.*sparse gradient.*sparse=False", "sparse, Adam"),
-    BadInput(lambda: _sparse(torch.optim.Adagrad), ValueError, r"torch\.optim\.Adagrad.*sparse gradient", "sparse, Adagrad"),
-    BadInput(lambda: _sparse(_SGD), ValueError, r"torch\.optim\.SGD.*sparse gradient", "sparse, SGD"),
+    pytest.param(lambda: _sparse(torch.optim.Adam), ValueError, r"torch\.optim\.Adam.*sparse gradient.*sparse=False", id="sparse, Adam"),
+    pytest.param(lambda: _sparse(torch.optim.Adagrad), ValueError, r"torch\.optim\.Adagrad.*sparse gradient", id="sparse, Adagrad"),
+    pytest.param(lambda: _sparse(_SGD), ValueError, r"torch\.optim\.SGD.*sparse gradient", id="sparse, SGD"),
     # export_state: checked whole before anything is written
-    BadInput(lambda: _export_into(lambda: torch.optim.Adam(_net().parameters())), TypeError, r"export_state\(opt\).*Adam.*torch\.optim\.SGD", "another type"),
-    BadInput(lambda: _export_into(lambda: _SGD(nn.Linear(3, 1).parameters(), lr=0.1)), ValueError, r"export_state\(opt\).*parameter 0.*shape \(1, 3\).*\(1, 2\)", "other shapes"),
-    BadInput(lambda: _export_into(lambda: _SGD([nn.Linear(2, 1).weight], lr=0.1)), ValueError, r"export_state\(opt\).*param groups", "group lengths"),
-    BadInput(lambda: _export_into(lambda: None), TypeError, r"export_state\(opt\).*NoneType", "None"),
+    pytest.param(lambda: _export_into(lambda: torch.optim.Adam(_net().parameters())), TypeError, r"export_state\(opt\).*Adam.*torch\.optim\.SGD", id="another type"),
+    pytest.param(lambda: _export_into(lambda: _SGD(nn.Linear(3, 1).parameters(), lr=0.1)), ValueError, r"export_state\(opt\).*parameter 0.*shape \(1, 3\).*\(1, 2\)", id="other shapes"),
+    pytest.param(lambda: _export_into(lambda: _SGD([nn.Linear(2, 1).weight], lr=0.1)), ValueError, r"export_state\(opt\).*param groups", id="group lengths"),
+    pytest.param(lambda: _export_into(lambda: None), TypeError, r"export_state\(opt\).*NoneType", id="None"),
     # LBFGS takes closure(params) -> loss
-    BadInput(_lbfgs_torch_closure, TypeError, r"step\(closure\): the closure takes no argument.*closure\(params\)", "torch-style closure"),
-    BadInput(lambda: _lbfgs(_LOSS_ITSELF), TypeError, r"step\(closure\).*got a Tensor.*closure\(params\)", "a loss for LBFGS"),
+    pytest.param(_lbfgs_torch_closure, TypeError, r"step\(closure\): the closure takes no argument.*closure\(params\)", id="torch-style closure"),
+    pytest.param(lambda: _lbfgs(_LOSS_ITSELF), TypeError, r"step\(closure\).*got a Tensor.*closure\(params\)", id="a loss for LBFGS"),
     # overrides (issue 12's optimizer-side examples)
-    BadInput(lambda: _override(_SGD, {"lr": [-0.1]}), ValueError, r"(?i)lr", "negative lr"),
-    BadInput(lambda: _override(torch.optim.Adam, {"betas": [(1.5, 0.99)]}), ValueError, r"(?i)beta", "beta out of range"),
-    BadInput(lambda: _override(_SGD, {"lr": [torch.full((4,), 0.1)]}), ValueError, r"lr", "lr of shape (4,)"),
-    BadInput(lambda: _override(_SGD, {"lr": ["0.1"]}), (TypeError, ValueError), r"lr", "string lr"),
-    BadInput(lambda: _override(torch.optim.Adam, {"amsgrad": [True]}), ValueError, r"amsgrad", "flag after the first step"),
-    BadInput(lambda: _override(torch.optim.RMSprop, {"centered": [True]}, at_step=False), ValueError, r"centered", "RMSprop flag"),
-    BadInput(_muon_ns_coefficients, ValueError, r"ns_coefficients", "Muon ns_coefficients"),
+    pytest.param(lambda: _override(_SGD, {"lr": [-0.1]}), ValueError, r"(?i)lr", id="negative lr"),
+    pytest.param(lambda: _override(torch.optim.Adam, {"betas": [(1.5, 0.99)]}), ValueError, r"(?i)beta", id="beta out of range"),
+    pytest.param(lambda: _override(_SGD, {"lr": [torch.full((4,), 0.1)]}), ValueError, r"lr", id="lr of shape (4,)"),
+    pytest.param(lambda: _override(_SGD, {"lr": ["0.1"]}), (TypeError, ValueError), r"lr", id="string lr"),
+    pytest.param(lambda: _override(torch.optim.Adam, {"amsgrad": [True]}), ValueError, r"amsgrad", id="flag after the first step"),
+    pytest.param(lambda: _override(torch.optim.RMSprop, {"centered": [True]}, at_step=False), ValueError, r"centered", id="RMSprop flag"),
+    pytest.param(_muon_ns_coefficients, ValueError, r"ns_coefficients", id="Muon ns_coefficients"),
     # get_diff_optim: an optimizer instance
-    BadInput(lambda: higher.get_diff_optim(_SGD, _net().parameters()), TypeError, r"(?i)opt.*class.*instance|instance", "a class"),
-    BadInput(lambda: higher.get_diff_optim(None, _net().parameters()), TypeError, r"NoneType|None", "None"),
-    BadInput(lambda: _without_fmodel(_loss, track_higher_grads="no"), TypeError, r"track_higher_grads", "string flag"),
+    pytest.param(lambda: higher.get_diff_optim(_SGD, _net().parameters()), TypeError, r"(?i)opt.*class.*instance|instance", id="a class"),
+    pytest.param(lambda: higher.get_diff_optim(None, _net().parameters()), TypeError, r"NoneType|None", id="None"),
+    pytest.param(lambda: _without_fmodel(_loss, track_higher_grads="no"), TypeError, r"track_higher_grads", id="string flag"),
 ]
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[f"{i:02d}-{row.desc}" for i, row in enumerate(ROWS)])
-def test_bad_input_is_refused_with_a_message_naming_the_argument(row: BadInput) -> None:
-    with pytest.raises(row.error, match=row.regex):
-        row.call()
-
-
-def test_the_table_is_large_enough():
+@pytest.mark.parametrize(("call", "error", "regex"), ROWS)
+def test_refused_with_a_message_naming_the_argument(call: Callable[[], Any], error: Any, regex: str) -> None:
+    """Each row: the bad call, the exception type, a regex naming the argument or option (25 rows at least)."""
     assert len(ROWS) >= 25
+    with pytest.raises(error, match=regex):
+        call()
 
 
 # -- not errors: behaviour pinned --------------------------------------------------------------------
