@@ -135,14 +135,14 @@ class DifferentiableOptimizer:
             )
             if "complex_parameters" not in cls.__dict__:
                 cls.complex_parameters = "real_view" if cls.__dict__["complex_as_real"] else "refuse"
-        if "_update" in cls.__dict__ and not any(
-                hook in k.__dict__ for k in cls.__mro__[:cls.__mro__.index(DifferentiableOptimizer)]
-                for hook in ("update_one", "update", "update_groups", "step")):
+        own = cls.__mro__[:cls.__mro__.index(DifferentiableOptimizer)]
+        cls._legacy_update = any("_update" in k.__dict__ for k in own) and not any(
+            hook in k.__dict__ for k in own for hook in ("update_one", "update", "update_groups", "step"))
+        if cls._legacy_update and "_update" in cls.__dict__:
             warnings.warn(
                 f"{cls.__qualname__} overrides higher's _update(grouped_grads), which is deprecated; "
                 f"implement {_higher_compat.NEW_HOOKS} instead", DeprecationWarning, stacklevel=2,
             )
-            cls._legacy_update = True
 
     def __init__(
         self,
@@ -580,7 +580,14 @@ class DifferentiableOptimizer:
         Returns:
             The new fast weights, in the order of ``reference_params``. Parameters
             that do not require grad, or that the loss does not reach, are returned
-            unchanged. With an ``fmodel``, its fast weights are updated too.
+            unchanged (detached in test mode). With an ``fmodel``, its fast weights
+            are updated too.
+
+        Raises:
+            TypeError, ValueError: see :meth:`gradients` (a loss that is not a scalar
+                tensor or reaches no fast weight, a bad ``grad_callback`` result, a
+                sparse gradient). A NaN or infinite loss is stepped, as ``torch.optim``
+                steps it.
         """
         if kwargs:
             raise TypeError(f"step() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
