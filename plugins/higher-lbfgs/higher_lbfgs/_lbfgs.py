@@ -76,7 +76,7 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
         >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
         >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
         ...     new = diffopt.step(lambda p: (fmodel(x, params=p) - y).pow(2).mean())
-        >>> diffopt.state[0]["n_iter"] <= 4
+        >>> diffopt.param_state[0]["n_iter"] <= 4
         True
     """
 
