@@ -288,6 +288,20 @@ def test_a_registered_old_style_subclass_trains_as_computed_by_hand():
     torch.testing.assert_close([net.weight.grad, net.bias.grad], [w0.grad, b0.grad], rtol=1e-10, atol=0)
 
 
+def test_a_subclass_that_adds_update_one_is_run_through_it_without_a_warning():
+    class Migrated(_old_style_sgd()):
+        def update_one(self, group, param, grad, state):
+            return param - group["lr"] * grad, state  # ignores weight decay, unlike the old _update
+
+    net, x = _linear(), torch.randn(4, 3, dtype=torch.float64)
+    diffopt = Migrated(torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=0.5), net.parameters())
+    fast = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    new = diffopt.step((x @ fast[0].T + fast[1]).pow(2).sum(), params=fast)
+    y = x @ net.weight.detach().T + net.bias.detach()
+    torch.testing.assert_close([p.detach() for p in new], [net.weight.detach() - 0.1 * 2 * y.T @ x,
+                                                           net.bias.detach() - 0.1 * 2 * y.sum(0)], rtol=1e-12, atol=0)
+
+
 def test_old_helpers_keep_their_semantics():
     with pytest.deprecated_call(match=r"higher_core\.optim\._add is deprecated"):
         from higher_core.optim import _add

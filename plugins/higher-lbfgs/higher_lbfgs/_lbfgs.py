@@ -138,6 +138,11 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
 
         Returns:
             The new fast weights, in the order of ``reference_params``.
+
+        Raises:
+            TypeError: ``closure`` is a loss tensor, not callable, or takes no
+                argument (``torch.optim.LBFGS``'s convention); the message shows the
+                expected ``closure(params) -> loss``.
         """
         if kwargs:
             raise TypeError(f"step() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
