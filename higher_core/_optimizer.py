@@ -29,7 +29,8 @@ The contract (every name public; nothing else of the base class may be used):
   :meth:`~DifferentiableOptimizer.groups_for_step`,
   :meth:`~DifferentiableOptimizer.gradients`,
   :meth:`~DifferentiableOptimizer.check_devices`,
-  :meth:`~DifferentiableOptimizer.finish_step`; and the attributes
+  :meth:`~DifferentiableOptimizer.finish_step`,
+  :meth:`~DifferentiableOptimizer.check_export`; and the attributes
   :attr:`~DifferentiableOptimizer.param_groups`, :attr:`~DifferentiableOptimizer.param_state`,
   :attr:`~DifferentiableOptimizer.group_state`, :attr:`~DifferentiableOptimizer.defaults`,
   :attr:`~DifferentiableOptimizer.track_higher_grads`,
@@ -644,14 +645,23 @@ class DifferentiableOptimizer:
             >>> "momentum_buffer" in opt.state[model.weight]
             True
         """
-        _step_checks.check_export_target(opt, self.reference_type, self.optimizer_name, self._positions,
-                                         self._shapes)
+        self.check_export(opt)
         exported = {param: self.export_param_state(self.param_state[index], param)
                     for ours, theirs in zip(self._positions, opt.param_groups)
                     for index, param in zip(ours, theirs["params"]) if self.param_state.get(index)}
         opt.state.update(exported)
         for running, theirs in zip(self.group_state, opt.param_groups):
             self.export_group_state(running, theirs)
+
+    def check_export(self, opt: torch.optim.Optimizer) -> None:
+        """Refuse an :meth:`export_state` target that is not the optimizer this one mirrors, before writing.
+
+        Raises:
+            TypeError: ``opt`` is not of :attr:`reference_type`.
+            ValueError: its param groups' lengths or its parameters' shapes differ.
+        """
+        _step_checks.check_export_target(opt, self.reference_type, self.optimizer_name, self._positions,
+                                         self._shapes)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.param_groups)} param group(s), {self._num_params} parameters)"

@@ -95,6 +95,13 @@ def _export_into(make_target: Callable[[], torch.optim.Optimizer]) -> None:
         diffopt.export_state(make_target())
 
 
+def _lbfgs_export_into(target: torch.optim.Optimizer) -> None:
+    net = _net()
+    with higher.innerloop_ctx(net, torch.optim.LBFGS(net.parameters(), lr=0.1)) as (fnet, diffopt):
+        diffopt.step(lambda params: _loss(lambda x: fnet(x, params=params)))
+        diffopt.export_state(target)
+
+
 def _lbfgs(closure: Any) -> None:
     net = _net()
     with higher.innerloop_ctx(net, torch.optim.LBFGS(net.parameters(), lr=0.1)) as (fnet, diffopt):
@@ -163,7 +170,9 @@ ROWS = [
     pytest.param(lambda: _export_into(lambda: _SGD(nn.Linear(3, 1).parameters(), lr=0.1)), ValueError, r"export_state\(opt\).*parameter 0.*shape \(1, 3\).*\(1, 2\)", id="other shapes"),
     pytest.param(lambda: _export_into(lambda: _SGD([nn.Linear(2, 1).weight], lr=0.1)), ValueError, r"export_state\(opt\).*param groups", id="group lengths"),
     pytest.param(lambda: _export_into(lambda: None), TypeError, r"export_state\(opt\).*NoneType", id="None"),
-    # LBFGS takes closure(params) -> loss
+    # LBFGS takes closure(params) -> loss; its export_state is checked as the others'
+    pytest.param(lambda: _lbfgs_export_into(_SGD(_net().parameters(), lr=0.1)), TypeError, r"export_state\(opt\).*SGD.*torch\.optim\.LBFGS", id="LBFGS export into SGD"),
+    pytest.param(lambda: _lbfgs_export_into(torch.optim.LBFGS(nn.Linear(3, 1).parameters())), ValueError, r"export_state\(opt\).*shape \(1, 3\)", id="LBFGS export, other shapes"),
     pytest.param(_lbfgs_torch_closure, TypeError, r"step\(closure\): the closure takes no argument.*closure\(params\)", id="torch-style closure"),
     pytest.param(lambda: _lbfgs(_LOSS_ITSELF), TypeError, r"step\(closure\).*got a Tensor.*closure\(params\)", id="a loss for LBFGS"),
     # overrides (issue 12's optimizer-side examples)

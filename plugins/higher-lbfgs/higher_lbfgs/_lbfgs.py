@@ -107,12 +107,7 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
 
     def export_state(self, opt: torch.optim.Optimizer) -> None:
         """Write the global state into ``opt`` under its first parameter, where ``torch.optim.LBFGS`` keeps it."""
-        theirs = opt.param_groups
-        if len(theirs) != 1 or len(theirs[0]["params"]) != len(self.param_groups[0]["params"]):
-            raise ValueError(
-                "export_state: the optimizer's param groups differ from the ones this differentiable "
-                "optimizer was built from; pass that optimizer"
-            )
+        self.check_export(opt)
         owner = next((i for i in self.param_groups[0]["params"] if self.param_state.get(i)), None)
         if owner is not None:
             first = opt.param_groups[0]["params"][0]
