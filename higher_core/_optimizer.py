@@ -29,24 +29,29 @@ The contract (every name public; nothing else of the base class may be used):
   :meth:`~DifferentiableOptimizer.groups_for_step`,
   :meth:`~DifferentiableOptimizer.gradients`,
   :meth:`~DifferentiableOptimizer.check_devices`,
-  :meth:`~DifferentiableOptimizer.finish_step`; and the attributes
-  :attr:`~DifferentiableOptimizer.param_groups`, :attr:`~DifferentiableOptimizer.state`,
+  :meth:`~DifferentiableOptimizer.finish_step`,
+  :meth:`~DifferentiableOptimizer.check_export`; and the attributes
+  :attr:`~DifferentiableOptimizer.param_groups`, :attr:`~DifferentiableOptimizer.param_state`,
   :attr:`~DifferentiableOptimizer.group_state`, :attr:`~DifferentiableOptimizer.defaults`,
   :attr:`~DifferentiableOptimizer.track_higher_grads`,
   :attr:`~DifferentiableOptimizer.optimizer_name`.
 
 Update rules are written with :mod:`higher_core.functional`'s helpers.
+:attr:`~DifferentiableOptimizer.state` is not for plugins: it shows
+:attr:`~DifferentiableOptimizer.param_state` in the old ``higher`` layout, for user
+code; a subclass written for ``higher`` (``_update(grouped_grads)``) still runs,
+deprecated (see :mod:`higher_core._higher_compat`).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from higher_core import _complex, _devices, _state_io
+from higher_core import _complex, _devices, _higher_compat, _state_io, _step_checks
 from higher_core._overrides import Override, merged_groups, normalize_override, validate_with_reference
 
 if TYPE_CHECKING:
@@ -123,6 +128,7 @@ class DifferentiableOptimizer:
     #: Muon), ``"global"`` (couples tensors or groups: LBFGS, Prodigy). Batched
     #: tasks and flat fast weights read it; ``"global"`` is the safe default.
     scope: ClassVar[Scope] = "global"
+    _legacy_update: ClassVar[bool] = False  # a higher-style ``_update(grouped_grads)`` subclass
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -134,6 +140,14 @@ class DifferentiableOptimizer:
             )
             if "complex_parameters" not in cls.__dict__:
                 cls.complex_parameters = "real_view" if cls.__dict__["complex_as_real"] else "refuse"
+        own = cls.__mro__[:cls.__mro__.index(DifferentiableOptimizer)]
+        cls._legacy_update = any("_update" in k.__dict__ for k in own) and not any(
+            hook in k.__dict__ for k in own for hook in ("update_one", "update", "update_groups", "step"))
+        if cls._legacy_update and "_update" in cls.__dict__:
+            warnings.warn(
+                f"{cls.__qualname__} overrides higher's _update(grouped_grads), which is deprecated; "
+                f"implement {_higher_compat.NEW_HOOKS} instead", DeprecationWarning, stacklevel=2,
+            )
 
     def __init__(
         self,
@@ -185,6 +199,9 @@ class DifferentiableOptimizer:
         self.group_state: list[State] = [self.import_group_state(group) for group in self.param_groups]
         self.check_param_groups(self.param_groups)
         self._num_params = len(reference)
+        self._shapes = [tuple(p.shape) for p in reference]
+        self._positions = [list(group["params"]) for group in self.param_groups]
+        _step_checks.check_no_duplicates(self._positions, self._shapes)
         self._fmodel = fmodel
         self._grad_callback = grad_callback
         self._track_higher_grads = True if track_higher_grads is None else track_higher_grads
@@ -192,14 +209,29 @@ class DifferentiableOptimizer:
         self._override = self._validated(override)
         #: the reference optimizer's constructor defaults
         self.defaults: dict[str, Any] = dict(other.defaults)
-        #: each parameter's state (``torch.optim``'s keys), by its position
-        self.state: dict[int, State] = {}
+        #: each parameter's state (``torch.optim``'s keys), by its position; absent before its first step
+        self.param_state: dict[int, State] = {}
         for i, p in enumerate(reference):
             existing = other.state.get(p)
             if existing:
                 imported = self.import_state(existing, device)
                 if imported is not None:
-                    self.state[i] = imported
+                    self.param_state[i] = imported
+
+    @property
+    def state(self) -> Sequence[MutableMapping[int, State]]:
+        """The old ``higher`` layout of :attr:`param_state`: ``state[group][position in group]`` (a view).
+
+        Example:
+            >>> import itertools, torch, higher_core
+            >>> model = torch.nn.Linear(2, 1)
+            >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
+            ...     _ = diffopt.step(fmodel(torch.ones(1, 2)).sum())
+            >>> [sorted(s) for s in itertools.chain(*(g.values() for g in diffopt.state))]
+            [['momentum_buffer'], ['momentum_buffer']]
+        """
+        return _higher_compat.GroupedState(self.param_state, self._positions)
 
     # -- declarations read at run time ----------------------------------------------------
     @property
@@ -310,7 +342,7 @@ class DifferentiableOptimizer:
         states (:meth:`init_state`), advances the group's running state
         (:meth:`update_group_state`), handles complex parameters as
         :attr:`complex_parameters` says, calls :meth:`update` and stores the new
-        states in :attr:`state`. Override it for an optimizer whose statistics
+        states in :attr:`param_state`. Override it for an optimizer whose statistics
         span groups (Prodigy's global step size).
 
         Args:
@@ -328,13 +360,15 @@ class DifferentiableOptimizer:
             ...         return [p if g is None else p - groups[0]["lr"] * g / scale
             ...                 for p, g in zip(params, grads)]
         """
+        if self._legacy_update:
+            return _higher_compat.legacy_update_groups(self, groups, params, grads)
         new_params = list(params)
         for number, group in enumerate(groups):
             indices = [i for i in group["params"] if grads[i] is not None]
             if not indices:
                 continue
             self.check_devices(number, group, params, indices)
-            states = [self.state[i] if i in self.state else self.init_state(params[i], group) for i in indices]
+            states = [self.param_state.get(i) or self.init_state(params[i], group) for i in indices]
             group_params = [params[i] for i in indices]
             group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
             if self.group_state[number]:
@@ -347,7 +381,7 @@ class DifferentiableOptimizer:
                 updated, new_states = self.update(group, group_params, group_grads, states)
             for i, p, s in zip(indices, updated, new_states):
                 new_params[i] = p
-                self.state[i] = s
+                self.param_state[i] = s
         return new_params
 
     def _update_complex(self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
@@ -480,7 +514,14 @@ class DifferentiableOptimizer:
 
         The graph is kept (``create_graph``) while :attr:`track_higher_grads`.
         ``grad_callback`` replaces the constructor's for this call.
+
+        Raises:
+            TypeError, ValueError: ``loss`` is not a scalar tensor, reaches none
+                of ``params``; the callback returns something other than one
+                gradient of each parameter's shape (or ``None``) per parameter; a
+                gradient is sparse.
         """
+        _step_checks.check_loss(loss)
         callback = grad_callback or self._grad_callback
         targets = [i for i, p in enumerate(params) if p.requires_grad]
         grads: list[torch.Tensor | None] = [None] * len(params)
@@ -493,26 +534,25 @@ class DifferentiableOptimizer:
             )
             for i, g in zip(targets, computed):
                 grads[i] = g
+        _step_checks.check_reached(targets, grads)
         if callback is not None:
-            grads = list(callback(grads))
-            if len(grads) != len(params):
-                raise ValueError(
-                    f"grad_callback returned {len(grads)} gradients for {len(params)} parameters"
-                )
+            grads = _step_checks.check_callback_grads(callback(grads), params)
+        _step_checks.check_strided(self.optimizer_name, grads)
         return grads
 
     def check_devices(self, number: int, group: Mapping[str, Any], params: list[torch.Tensor],
                       indices: list[int]) -> None:
         """Refuse a hyperparameter or state tensor on another device than the fast weights ``params[indices]``."""
-        _devices.check_devices(self.optimizer_name, number, group, params, indices, self.state)
+        _devices.check_devices(self.optimizer_name, number, group, params, indices, self.param_state)
 
     def finish_step(self, params: list[torch.Tensor], new_params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """End a step: cut the graph in test mode, hand the new weights to the fmodel, return them."""
+        """End a step: cut the graph in test mode, hand the new weights to the fmodel, return them.
+
+        In test mode every returned weight is a detached leaf (``requires_grad`` as
+        before), the ones the step left unchanged too, so none leads back to the model.
+        """
         if not self.track_higher_grads:
-            new_params = [
-                p.detach().requires_grad_(old.requires_grad) if p is not old else p
-                for p, old in zip(new_params, params)
-            ]
+            new_params = [p.detach().requires_grad_(old.requires_grad) for p, old in zip(new_params, params)]
             self.detach_state()
         if self._fmodel is not None:
             self._fmodel.update_params(new_params)
@@ -545,16 +585,18 @@ class DifferentiableOptimizer:
         Returns:
             The new fast weights, in the order of ``reference_params``. Parameters
             that do not require grad, or that the loss does not reach, are returned
-            unchanged. With an ``fmodel``, its fast weights are updated too.
+            unchanged (detached in test mode). With an ``fmodel``, its fast weights
+            are updated too.
+
+        Raises:
+            TypeError, ValueError: see :meth:`gradients` (a loss that is not a scalar
+                tensor or reaches no fast weight, a bad ``grad_callback`` result, a
+                sparse gradient). A NaN or infinite loss is stepped, as ``torch.optim``
+                steps it.
         """
         if kwargs:
             raise TypeError(f"step() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
         params = self.fast_weights(params)
-        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-            raise ValueError(
-                "step(loss): the loss does not require grad, so it was not computed from the fast "
-                "weights (was it computed under torch.no_grad(), or from the original module?)"
-            )
         groups = self.groups_for_step(override)
         grads = self.gradients(loss, params, grad_callback)
         return self.finish_step(params, self.update_groups(groups, params, grads))
@@ -562,7 +604,7 @@ class DifferentiableOptimizer:
     # -- graph and state management --------------------------------------------------------
     def detach_state(self) -> None:
         """Detach every state tensor, per parameter and per group, from the graph (test mode, truncation)."""
-        for state in [*self.state.values(), *self.group_state]:
+        for state in [*self.param_state.values(), *self.group_state]:
             for key, value in state.items():
                 state[key] = _state_io.detached(value)
 
@@ -607,17 +649,23 @@ class DifferentiableOptimizer:
             >>> "momentum_buffer" in opt.state[model.weight]
             True
         """
-        if [len(g["params"]) for g in opt.param_groups] != [len(g["params"]) for g in self.param_groups]:
-            raise ValueError(
-                "export_state: the optimizer's param groups differ from the ones this differentiable "
-                "optimizer was built from; pass that optimizer"
-            )
-        for ours, theirs in zip(self.param_groups, opt.param_groups):
-            for index, param in zip(ours["params"], theirs["params"]):
-                if index in self.state:
-                    opt.state[param] = self.export_param_state(self.state[index], param)
+        self.check_export(opt)
+        exported = {param: self.export_param_state(self.param_state[index], param)
+                    for ours, theirs in zip(self._positions, opt.param_groups)
+                    for index, param in zip(ours, theirs["params"]) if self.param_state.get(index)}
+        opt.state.update(exported)
         for running, theirs in zip(self.group_state, opt.param_groups):
             self.export_group_state(running, theirs)
+
+    def check_export(self, opt: torch.optim.Optimizer) -> None:
+        """Refuse an :meth:`export_state` target that is not the optimizer this one mirrors, before writing.
+
+        Raises:
+            TypeError: ``opt`` is not of :attr:`reference_type`.
+            ValueError: its param groups' lengths or its parameters' shapes differ.
+        """
+        _step_checks.check_export_target(opt, self.reference_type, self.optimizer_name, self._positions,
+                                         self._shapes)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.param_groups)} param group(s), {self._num_params} parameters)"

@@ -9,6 +9,7 @@ the registry: available when the plugin providing them is installed, and a
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from higher_core import _overrides
+from higher_core._higher_compat import DEPRECATED_HELPERS, NEW_HOOKS
 from higher_core._optimizer import ComplexParameters, DifferentiableOptimizer, GradCallback, Scope, State
 from higher_core._registry import lookup, missing_optimizer_message, register_optim, resolve, resolve_for
 from higher_core.errors import MissingOptimizerPluginError
@@ -41,7 +43,14 @@ _DOCUMENTED = (
 )
 
 
-def __getattr__(name: str) -> type[DifferentiableOptimizer]:
+def __getattr__(name: str) -> Any:
+    if name in DEPRECATED_HELPERS:  # higher.optim's private helpers, for old ``_update`` subclasses
+        warnings.warn(
+            f"higher_core.optim.{name} is deprecated (a helper of higher's _update(grouped_grads) "
+            f"subclasses); implement {NEW_HOOKS} with higher_core.functional (add_scaled, addcdiv, safe_sqrt)",
+            DeprecationWarning, stacklevel=2,
+        )
+        return DEPRECATED_HELPERS[name]
     base = name[len("Differentiable"):] if name.startswith("Differentiable") else None
     torch_type = getattr(torch.optim, base, None) if base else None
     if not (isinstance(torch_type, type) and issubclass(torch_type, torch.optim.Optimizer)):

@@ -68,7 +68,7 @@ def _loop(model, make_opt, x, y, lrs=None, steps=STEPS):
                 diffopt.step(mse_loss(fmodel(x[t]), y[t]))
             total = total + mse_loss(fmodel(x[t]), y[t])
             fasts.append(fmodel.fast_params)
-            states.append(diffopt.state)
+            states.append(diffopt.param_state)
     return fasts, states, total
 
 
@@ -84,7 +84,7 @@ def _assert_same(fmodel, diffopt, fasts, states):
     for t, (fast, state) in enumerate(zip(fasts, states)):
         for ours, theirs in zip(fmodel.fast_params, fast):
             torch.testing.assert_close(ours[t], theirs, rtol=RTOL, atol=ATOL)
-        ours_state = diffopt.state_of_task(t)
+        ours_state = diffopt.param_state_of_task(t)
         assert sorted(ours_state) == sorted(state)
         for i in state:
             for key, value in state[i].items():
@@ -160,7 +160,7 @@ def test_batchnorm_keeps_per_task_running_statistics():
                 diffopt.step(mse_loss(fmodel(x[t]), y[t]))
             total = total + mse_loss(fmodel(x[t]), y[t])
             fasts.append(fmodel.fast_params)
-            states.append(diffopt.state)
+            states.append(diffopt.param_state)
             buffers.append(dict(fmodel.named_buffers()))
     fmodel, diffopt, batched_total = _batched(model, make_opt, x, y)
     assert fmodel.batching == "vmap"
@@ -183,7 +183,7 @@ def test_unused_parameter_stays_and_gets_no_meta_gradient():
     _assert_same(fmodel, diffopt, fasts, states)
     unused = [name for name, _ in model.named_parameters()].index("unused")
     assert fmodel.fast_params[unused] is list(fmodel.parameters(time=0))[unused]
-    assert unused not in diffopt.state
+    assert unused not in diffopt.param_state
     got = torch.autograd.grad(batched_total, list(model.parameters()), allow_unused=True)
     expected = torch.autograd.grad(total, list(model.parameters()), allow_unused=True)
     assert got[unused] is None and expected[unused] is None
@@ -247,7 +247,7 @@ def test_tensor_scope_rules_step_each_task_alone():
     fmodel, diffopt, batched_total = _batched(model, make_opt, x, y)
     assert diffopt.scope == "tensor"
     _assert_same(fmodel, diffopt, fasts, states)
-    assert diffopt.state[0]["row_var"].shape[0] == T
+    assert diffopt.param_state[0]["row_var"].shape[0] == T
 
 
 def test_history_test_mode_truncate_copy_to_and_export_state():
@@ -260,7 +260,7 @@ def test_history_test_mode_truncate_copy_to_and_export_state():
         assert len([list(fmodel.parameters(time=k)) for k in range(3)]) == 3
         diffopt.truncate()
         assert all(p.is_leaf for p in fmodel.fast_params)
-        assert all(not v.requires_grad for s in diffopt.state.values() for v in s.values()
+        assert all(not v.requires_grad for s in diffopt.param_state.values() for v in s.values()
                    if isinstance(v, torch.Tensor))
         with pytest.raises(ValueError, match="task="):
             fmodel.copy_to(model)
@@ -269,7 +269,7 @@ def test_history_test_mode_truncate_copy_to_and_export_state():
         fmodel.copy_to(model, task=2)
         diffopt.export_state(opt, task=2)
         assert torch.equal(model[0].weight, fmodel.fast_params[0][2])
-        assert torch.equal(opt.state[model[0].weight]["exp_avg"], diffopt.state[0]["exp_avg"][2])
+        assert torch.equal(opt.state[model[0].weight]["exp_avg"], diffopt.param_state[0]["exp_avg"][2])
         assert float(opt.state[model[0].weight]["step"]) == 2.0
     with higher_core.innerloop_ctx(model, opt, tasks=T, track_higher_grads=False) as (fmodel, diffopt):
         for _ in range(2):

@@ -66,7 +66,7 @@ def test_truncate_cuts_the_graph_but_not_the_trajectory():
         diffopt.truncate()
         cut = fmodel.fast_params
         assert all(p.is_leaf for p in cut)
-        assert all(s["momentum_buffer"].grad_fn is None for s in diffopt.state.values())
+        assert all(s["momentum_buffer"].grad_fn is None for s in diffopt.param_state.values())
         for _ in range(2):
             diffopt.step(_loss(fmodel))
         truncated = fmodel.fast_params

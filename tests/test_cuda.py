@@ -168,7 +168,7 @@ def test_get_diff_optim_device_moves_the_state_of_a_cpu_reference(info):
     row = _single_tensor(info, info.inputs[0])
     opt, ref_params = _reference(info, row, Problem(info.shapes), warmup=3)
     diffopt = higher_core.get_diff_optim(opt, ref_params, device=CUDA)
-    for i, state in diffopt.state.items():
+    for i, state in diffopt.param_state.items():
         for key, value in state.items():
             for t in _tensors(value):
                 assert t.device == CUDA, f"{info.name}: state {key!r} of param {i} stayed on {t.device}"
@@ -228,8 +228,8 @@ def test_innerloop_ctx_device_moves_fast_weights_buffers_and_state():
     fmodel, diffopt, meta = _maml(model, opt, CUDA)
     assert all(p.device == CUDA for p in fmodel.fast_params)
     assert all(b.device == CUDA for b in fmodel.buffers())
-    assert diffopt.state and all(
-        t.device == CUDA for state in diffopt.state.values() for v in state.values() for t in _tensors(v)
+    assert diffopt.param_state and all(
+        t.device == CUDA for state in diffopt.param_state.values() for v in state.values() for t in _tensors(v)
     )
     # the original stays on the CPU, and the meta-gradients reach it there
     assert all(p.device == CPU for p in model.parameters()) and all(b.device == CPU for b in model.buffers())
@@ -358,7 +358,7 @@ def test_state_on_another_device_is_a_clear_error_on_any_machine():
     model = nn.Linear(3, 1).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     diffopt = higher_core.get_diff_optim(opt, model.parameters())
-    diffopt.state[0] = {"momentum_buffer": torch.zeros(1, 3, dtype=torch.float64, device="meta")}
+    diffopt.param_state[0] = {"momentum_buffer": torch.zeros(1, 3, dtype=torch.float64, device="meta")}
     fast = [p.detach().clone().requires_grad_() for p in model.parameters()]
     with pytest.raises(ValueError, match=r"torch.optim.SGD: optimizer state 'momentum_buffer' of parameter 0 is "
                                          r"on meta but its fast weight is on cpu; pass device='cpu'"):

@@ -48,9 +48,9 @@ def test_existing_state_is_copied_not_shared():
         opt.step()
     diffopt = higher_core.get_diff_optim(opt, model.parameters())
     for i, p in enumerate(model.parameters()):
-        assert diffopt.state[i]["step"] == 2.0
-        assert torch.equal(diffopt.state[i]["exp_avg"], opt.state[p]["exp_avg"])
-        assert diffopt.state[i]["exp_avg"].data_ptr() != opt.state[p]["exp_avg"].data_ptr()
+        assert diffopt.param_state[i]["step"] == 2.0
+        assert torch.equal(diffopt.param_state[i]["exp_avg"], opt.state[p]["exp_avg"])
+        assert diffopt.param_state[i]["exp_avg"].data_ptr() != opt.state[p]["exp_avg"].data_ptr()
 
 
 def test_step_returns_new_weights_in_reference_order_and_updates_fmodel():
@@ -300,7 +300,7 @@ def test_complex_parameters_modes(mode, dtype):
     opt = torch.optim.SGD([weight], lr=0.1)
     diffopt = rule(opt, [weight])
     new = diffopt.step((weight.abs() ** 2).sum(), params=[weight])
-    assert diffopt.state[0]["seen"] == dtype and new[0].dtype == torch.complex128
+    assert diffopt.param_state[0]["seen"] == dtype and new[0].dtype == torch.complex128
     grad = torch.autograd.grad((weight.abs() ** 2).sum(), weight)[0]
     torch.testing.assert_close(new[0], weight - 0.1 * grad, rtol=1e-15, atol=0)
 

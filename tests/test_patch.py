@@ -108,7 +108,7 @@ def test_test_mode_keeps_only_the_latest_weights_and_no_graph():
         for _ in range(3):
             weights = diffopt.step(fnet(x).pow(2).sum())
         assert all(w.is_leaf and w.requires_grad for w in weights)
-        assert all(s["exp_avg"].grad_fn is None for s in diffopt.state.values())
+        assert all(s["exp_avg"].grad_fn is None for s in diffopt.param_state.values())
         assert len(fnet._fast_params) == 1
         with pytest.raises(ValueError, match="keeps only the latest"):
             fnet.parameters(time=1)

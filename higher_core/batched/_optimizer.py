@@ -19,11 +19,12 @@ losses (tasks share nothing, so task ``t``'s slice is its own gradient).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import torch
 
+from higher_core import _higher_compat
 from higher_core._optimizer import DifferentiableOptimizer, GradCallback, State
 from higher_core._overrides import Override
 from higher_core.batched import _overrides as per_task
@@ -65,7 +66,7 @@ class BatchedDifferentiableOptimizer:
         >>> x = torch.randn(3, 4, 2)
         >>> losses = (x @ fast[0].transpose(1, 2) + fast[1].unsqueeze(1)).pow(2).mean((1, 2))
         >>> fast = diffopt.step(losses, params=fast)
-        >>> diffopt.state[0]["exp_avg"].shape
+        >>> diffopt.param_state[0]["exp_avg"].shape
         torch.Size([3, 1, 2])
     """
 
@@ -100,7 +101,7 @@ class BatchedDifferentiableOptimizer:
         self._override: Override = dict(override) if override else {}
         self._base_groups = self._groups_for_step(None, validate=True)
         if self.scope == "element":  # imported state: one copy per task of what is shaped like the parameter
-            for i, state in rule.state.items():
+            for i, state in rule.param_state.items():
                 for key, value in state.items():
                     if isinstance(value, torch.Tensor) and tuple(value.shape) == self._shapes[i]:
                         state[key] = value.unsqueeze(0).repeat(self.tasks, *[1] * value.dim())
@@ -125,13 +126,18 @@ class BatchedDifferentiableOptimizer:
         return self._rules[0].defaults
 
     @property
-    def state(self) -> dict[int, State]:
+    def state(self) -> Sequence[MutableMapping[int, State]]:
+        """The old ``higher`` layout of :attr:`param_state`: ``state[group][position in group]``."""
+        return _higher_compat.GroupedState(self.param_state, self._rules[0]._positions)
+
+    @property
+    def param_state(self) -> dict[int, State]:
         """Per-parameter state; per-task tensors are stacked (``[T, ...]``), shared numbers stay numbers."""
         if self.scope == "element":
-            return self._rules[0].state
+            return self._rules[0].param_state
         stacked: dict[int, State] = {}
-        for i in self._rules[0].state:
-            states = [rule.state[i] for rule in self._rules]
+        for i in self._rules[0].param_state:
+            states = [rule.param_state[i] for rule in self._rules]
             stacked[i] = {key: self._stack([s[key] for s in states]) for key in states[0]}
         return stacked
 
@@ -146,9 +152,9 @@ class BatchedDifferentiableOptimizer:
     def state_of_task(self, task: int) -> dict[int, State]:
         """Task ``task``'s state, shaped as a single inner loop's (what it would hold alone)."""
         if self.scope != "element":
-            return self._rules[task].state
+            return self._rules[task].param_state
         out: dict[int, State] = {}
-        for i, state in self._rules[0].state.items():
+        for i, state in self._rules[0].param_state.items():
             shape = self._shapes[i]
             out[i] = {}
             for key, value in state.items():
@@ -281,12 +287,12 @@ class BatchedDifferentiableOptimizer:
             raise ValueError(f"export_state: a batched optimizer holds {self.tasks} states; pass task= (an int in "
                              f"[0, {self.tasks})) to say which one to export, got {task!r}")
         rule = self._rules[0] if self.scope == "element" else self._rules[task]
-        kept = rule.state
-        rule.state = self.state_of_task(task)
+        kept = rule.param_state
+        rule.param_state = self.state_of_task(task)
         try:
             rule.export_state(opt)
         finally:
-            rule.state = kept
+            rule.param_state = kept
 
     def __repr__(self) -> str:
         return (f"Batched({type(self._rules[0]).__name__}, tasks={self.tasks}, scope={self.scope!r}, "

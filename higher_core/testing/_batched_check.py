@@ -36,7 +36,7 @@ def _loop(info: OptimizerInfo, row: OptimizerInput, problems: Sequence[Problem],
         for _ in range(steps):
             fast = diffopt.step(problem.loss(fast), params=fast)
         fasts.append(fast)
-        states.append(diffopt.state)
+        states.append(diffopt.param_state)
         total = total + problem.loss(fast)
     return fasts, states, total
 
@@ -91,7 +91,7 @@ def check_batched(info: OptimizerInfo, row: OptimizerInput, tasks: int = 4, step
         for t in range(tasks):
             for i, p in enumerate(fast):
                 _compare(f"{where}: task {t}, param {i}", p[t], loop_fast[t][i], info.rtol, info.atol)
-            state = diffopt.state_of_task(t)
+            state = diffopt.param_state_of_task(t)
             assert sorted(state) == sorted(loop_states[t]), f"{where}: task {t} has state for {sorted(state)}"
             for i, expected in loop_states[t].items():
                 assert sorted(state[i]) == sorted(expected), f"{where}: task {t}, param {i}: state keys differ"

@@ -58,8 +58,8 @@ def _assert_same_trajectory(info: OptimizerInfo, row: OptimizerInput, warmup: in
             _compare(where, ours, theirs, rtol, atol)
             ref_state = opt.state[theirs]
             for key, value in ref_state.items():
-                assert key in diffopt.state.get(i, {}), f"{where}: state {key!r} missing"
-                _compare(f"{where}, state {key!r}", diffopt.state[i][key], value, rtol, atol)
+                assert key in diffopt.param_state.get(i, {}), f"{where}: state {key!r} missing"
+                _compare(f"{where}, state {key!r}", diffopt.param_state[i][key], value, rtol, atol)
 
 
 def check_parity(info: OptimizerInfo, row: OptimizerInput, device: torch.device | str | None = None) -> None:
@@ -256,6 +256,6 @@ def check_frozen_and_unused(info: OptimizerInfo, row: OptimizerInput, steps: int
             fast = diffopt.step(partial_loss(fast), params=fast)
     assert torch.equal(fast[0], problem.initial[0]), "a frozen parameter changed"
     assert fast[-1] is unused, "a parameter the loss does not reach changed"
-    assert 0 not in diffopt.state and n - 1 not in diffopt.state, (
+    assert not diffopt.param_state.get(0) and not diffopt.param_state.get(n - 1), (
         "state was created for a parameter with no gradient"
     )

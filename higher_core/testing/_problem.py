@@ -114,8 +114,8 @@ def _missing_init_state(diffopt: DifferentiableOptimizer, fast: Sequence[torch.T
         return False
     for group in diffopt.param_groups:
         for i in group["params"]:
-            if i in diffopt.state:
-                if key in diffopt.state[i]:
+            if diffopt.param_state.get(i):
+                if key in diffopt.param_state[i]:
                     return False
             elif key in diffopt.init_state(fast[i], group):
                 return False

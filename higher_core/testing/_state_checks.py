@@ -86,7 +86,7 @@ def check_no_mutation(info: OptimizerInfo, row: OptimizerInput, steps: int = 3,
     fast = [p.detach().clone().requires_grad_() for p in ref_params]
     for step in range(1, steps + 1):
         snapshot = _Snapshot(_tensors("a fast weight", fast))
-        snapshot.entries += _Snapshot(_tensors("state", diffopt.state)).entries
+        snapshot.entries += _Snapshot(_tensors("state", diffopt.param_state)).entries
         snapshot.entries += _Snapshot(_tensors("group state", _group_state(diffopt) or [])).entries
         fast = _diff_step(info, diffopt, problem, fast)
         snapshot.assert_unchanged(f"step {step}")
@@ -137,7 +137,7 @@ def check_truncate(info: OptimizerInfo, row: OptimizerInput, steps: int = 2,
     for _ in range(steps):
         fast_full = _diff_step(info, full, problem, fast_full)
         fast_cut = _diff_step(info, cut, problem, fast_cut)
-    carried = [t for _, t in _tensors("state", [cut.state, _group_state(cut) or []]) if t.requires_grad]
+    carried = [t for _, t in _tensors("state", [cut.param_state, _group_state(cut) or []]) if t.requires_grad]
     if not carried:
         raise NotApplicable("the optimizer carries no differentiable state here; truncate has nothing to cut")
     cut.truncate()

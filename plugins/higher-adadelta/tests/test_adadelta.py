@@ -23,7 +23,7 @@ def test_eps_zero_meta_gradient_is_finite():
     params = problem.leaves()
     opt = torch.optim.Adadelta(params, eps=0.0)
     initial, fast, diffopt = _run(problem, opt, params, 3)
-    assert all(torch.equal(diffopt.state[i]["acc_delta"], torch.zeros_like(p)) for i, p in enumerate(params))
+    assert all(torch.equal(diffopt.param_state[i]["acc_delta"], torch.zeros_like(p)) for i, p in enumerate(params))
     meta = torch.autograd.grad(problem.loss(fast), initial)
     assert all(torch.isfinite(g).all() for g in meta)
     # torch does not move the parameters either (0 / sqrt(v) * g = 0)

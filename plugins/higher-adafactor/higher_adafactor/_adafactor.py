@@ -88,7 +88,7 @@ class DifferentiableAdafactor(DifferentiableOptimizer):
         >>> opt = torch.optim.Adafactor(model.parameters(), lr=1e-2, weight_decay=0.01)
         >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
-        >>> sorted(diffopt.state[0])
+        >>> sorted(diffopt.param_state[0])
         ['col_var', 'row_var', 'step']
     """
 

@@ -37,14 +37,14 @@ def test_factored_state_shapes_match_torch():
     for _ in range(4):
         fast = diffopt.step(problem.loss(fast), params=fast)
     _torch_steps(problem, opt, params, 4)
-    assert diffopt.state[0]["row_var"].shape == (3, 1) and diffopt.state[0]["col_var"].shape == (1, 2)
-    assert diffopt.state[2]["row_var"].shape == (2, 2, 1) and diffopt.state[2]["col_var"].shape == (2, 1, 3)
-    assert set(diffopt.state[1]) == {"step", "variance"}
+    assert diffopt.param_state[0]["row_var"].shape == (3, 1) and diffopt.param_state[0]["col_var"].shape == (1, 2)
+    assert diffopt.param_state[2]["row_var"].shape == (2, 2, 1) and diffopt.param_state[2]["col_var"].shape == (2, 1, 3)
+    assert set(diffopt.param_state[1]) == {"step", "variance"}
     for i, (ours, theirs) in enumerate(zip(fast, params)):
         assert torch.equal(ours.detach(), theirs.detach())
         for key, value in opt.state[theirs].items():
             expected = value.item() if key == "step" else value
-            assert torch.equal(torch.as_tensor(diffopt.state[i][key]).detach(), torch.as_tensor(expected))
+            assert torch.equal(torch.as_tensor(diffopt.param_state[i][key]).detach(), torch.as_tensor(expected))
 
 
 def test_scalar_parameter_keeps_a_variance():
@@ -61,8 +61,8 @@ def test_scalar_parameter_keeps_a_variance():
         opt.zero_grad()
         loss(param).backward()
         opt.step()
-    assert diffopt.state[0]["variance"].dim() == 0
-    assert torch.equal(diffopt.state[0]["variance"], opt.state[param]["variance"])
+    assert diffopt.param_state[0]["variance"].dim() == 0
+    assert torch.equal(diffopt.param_state[0]["variance"], opt.state[param]["variance"])
     assert torch.equal(fast[0].detach(), param.detach())
 
 

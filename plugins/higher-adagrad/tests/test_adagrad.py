@@ -25,7 +25,7 @@ def test_constructor_state_is_recreated_identically():
     _, params, opt = _problem_and_opt(lr=0.1, initial_accumulator_value=0.7)
     assert all(len(opt.state[p]) == 2 for p in params)  # torch made state eagerly
     diffopt = higher_core.get_diff_optim(opt, params)
-    assert diffopt.state == {}
+    assert diffopt.param_state == {}
     for i, p in enumerate(params):
         fresh = diffopt.init_state(p, diffopt.param_groups[0])
         assert fresh["step"] == opt.state[p]["step"].item() == 0
@@ -37,7 +37,7 @@ def test_modified_initial_state_is_imported():
     with torch.no_grad():
         opt.state[params[0]]["sum"].fill_(3.0)  # no longer the constructor's accumulator
     diffopt = higher_core.get_diff_optim(opt, params)
-    assert set(diffopt.state) == {0}
+    assert set(diffopt.param_state) == {0}
     fast = [p.detach().clone().requires_grad_() for p in params]
     for _ in range(3):
         fast = diffopt.step(problem.loss(fast), params=fast)
@@ -57,7 +57,7 @@ def test_group_initial_accumulator_value_is_ignored_like_torch():
     fast = diffopt.step(problem.loss(fast), params=fast)
     _torch_step(opt, params, problem)
     for i, p in enumerate(params):
-        assert torch.equal(diffopt.state[i]["sum"], opt.state[p]["sum"])
+        assert torch.equal(diffopt.param_state[i]["sum"], opt.state[p]["sum"])
         torch.testing.assert_close(fast[i], p, rtol=1e-12, atol=0)
 
 
@@ -68,7 +68,7 @@ def test_create_diff_optim_builds_state_from_real_params():
         torch.optim.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.5}, params=fast)
     fast = diffopt.step(problem.loss(fast), params=fast)
     assert all(torch.isfinite(p).all() and not p.is_meta for p in fast)
-    assert not diffopt.state[0]["sum"].is_meta
+    assert not diffopt.param_state[0]["sum"].is_meta
 
 
 def test_initial_accumulator_value_receives_hypergradient():

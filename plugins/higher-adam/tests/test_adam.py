@@ -56,7 +56,7 @@ def _trajectory(foreach, steps=4, override=None, **kwargs):
     for _ in range(steps):
         fast = diffopt.step(problem.loss(fast), params=fast)
     meta = torch.autograd.grad(problem.loss(fast), start + list(override.get("lr", []) if override else []))
-    return fast, diffopt.state, meta
+    return fast, diffopt.param_state, meta
 
 
 def test_foreach_rule_gives_the_same_numbers_as_the_per_tensor_rule():

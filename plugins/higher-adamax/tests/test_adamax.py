@@ -24,13 +24,13 @@ def test_infinity_norm_matches_torch_and_holds_the_max() -> None:
         fast = diffopt.step(problem.loss(fast), params=fast)
         for i, (g, u_prev) in enumerate(zip(grads, previous)):
             expected = torch.maximum(0.5 * u_prev, g.abs() + 1e-3)
-            assert torch.equal(diffopt.state[i]["exp_inf"].detach(), expected)
+            assert torch.equal(diffopt.param_state[i]["exp_inf"].detach(), expected)
             previous[i] = expected
         opt.zero_grad()
         problem.loss(params).backward()
         opt.step()
     for i, p in enumerate(params):
-        assert torch.equal(diffopt.state[i]["exp_inf"].detach(), opt.state[p]["exp_inf"])
+        assert torch.equal(diffopt.param_state[i]["exp_inf"].detach(), opt.state[p]["exp_inf"])
         torch.testing.assert_close(fast[i].detach(), p.detach(), rtol=1e-13, atol=1e-15)
 
 

@@ -77,4 +77,4 @@ def test_decay_does_not_enter_the_moments() -> None:
     grads = torch.autograd.grad(problem.loss(fast), fast)
     diffopt.step(problem.loss(fast), params=fast)
     for i, g in enumerate(grads):
-        torch.testing.assert_close(diffopt.state[i]["exp_avg"], 0.1 * g, rtol=1e-14, atol=0)
+        torch.testing.assert_close(diffopt.param_state[i]["exp_avg"], 0.1 * g, rtol=1e-14, atol=0)

@@ -38,12 +38,12 @@ def test_average_matches_torch_once_averaging_started():
     for i, (ours, p) in enumerate(zip(fast, params)):
         theirs = opt.state[p]
         assert theirs["mu"].item() == pytest.approx(1 / 7)  # mu = 1 / (10 - t0): averaging is on
-        assert diffopt.state[i]["mu"] == theirs["mu"].item()
+        assert diffopt.param_state[i]["mu"] == theirs["mu"].item()
         assert not torch.allclose(theirs["ax"], p)  # averaging is on: ax is not a copy
-        assert torch.equal(diffopt.state[i]["ax"], theirs["ax"])
+        assert torch.equal(diffopt.param_state[i]["ax"], theirs["ax"])
         assert torch.equal(ours.detach(), p.detach())
-        assert diffopt.state[i]["eta"] == theirs["eta"].item()
-        assert diffopt.state[i]["step"] == theirs["step"].item() == 10
+        assert diffopt.param_state[i]["eta"] == theirs["eta"].item()
+        assert diffopt.param_state[i]["step"] == theirs["step"].item() == 10
 
 
 def test_eta_and_mu_are_imported_as_numbers():
@@ -52,8 +52,8 @@ def test_eta_and_mu_are_imported_as_numbers():
     diffopt = higher_core.get_diff_optim(opt, params)
     for i, p in enumerate(params):
         for key in ("step", "eta", "mu"):
-            assert isinstance(diffopt.state[i][key], float)
-            assert diffopt.state[i][key] == opt.state[p][key].item()
+            assert isinstance(diffopt.param_state[i][key], float)
+            assert diffopt.param_state[i][key] == opt.state[p][key].item()
 
 
 def test_ours_follows_torchs_single_tensor_path():
@@ -77,7 +77,7 @@ def test_average_is_differentiable_in_t0():
     def average_after_six_steps(t0):
         diffopt = higher_core.get_diff_optim(opt, params, override={"t0": [t0]})
         _unroll(diffopt, problem, 6)
-        return sum(diffopt.state[i]["ax"].sum() for i in range(len(params)))
+        return sum(diffopt.param_state[i]["ax"].sum() for i in range(len(params)))
 
     t0 = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(average_after_six_steps, (t0,))
@@ -91,6 +91,6 @@ def test_lr_hypergradient_flows_through_eta():
     lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
     diffopt = higher_core.get_diff_optim(opt, params, override={"lr": [lr]})
     fast = _unroll(diffopt, problem, 3)
-    assert all(diffopt.state[i]["eta"].requires_grad for i in range(len(params)))
+    assert all(diffopt.param_state[i]["eta"].requires_grad for i in range(len(params)))
     (gradient,) = torch.autograd.grad(problem.loss(fast), lr)
     assert torch.isfinite(gradient) and gradient != 0

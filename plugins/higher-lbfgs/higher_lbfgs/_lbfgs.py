@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
@@ -75,7 +76,7 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
         >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
         >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
         ...     new = diffopt.step(lambda p: (fmodel(x, params=p) - y).pow(2).mean())
-        >>> diffopt.state[0]["n_iter"] <= 4
+        >>> diffopt.param_state[0]["n_iter"] <= 4
         True
     """
 
@@ -106,16 +107,11 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
 
     def export_state(self, opt: torch.optim.Optimizer) -> None:
         """Write the global state into ``opt`` under its first parameter, where ``torch.optim.LBFGS`` keeps it."""
-        theirs = opt.param_groups
-        if len(theirs) != 1 or len(theirs[0]["params"]) != len(self.param_groups[0]["params"]):
-            raise ValueError(
-                "export_state: the optimizer's param groups differ from the ones this differentiable "
-                "optimizer was built from; pass that optimizer"
-            )
-        owner = next((i for i in self.param_groups[0]["params"] if i in self.state), None)
+        self.check_export(opt)
+        owner = next((i for i in self.param_groups[0]["params"] if self.param_state.get(i)), None)
         if owner is not None:
             first = opt.param_groups[0]["params"][0]
-            opt.state[first] = self.export_param_state(self.state[owner], first)
+            opt.state[first] = self.export_param_state(self.param_state[owner], first)
 
     def step(  # type: ignore[override]
         self,
@@ -137,18 +133,42 @@ class DifferentiableLBFGS(DifferentiableOptimizer):
 
         Returns:
             The new fast weights, in the order of ``reference_params``.
+
+        Raises:
+            TypeError: ``closure`` is a loss tensor, not callable, or takes no
+                argument (``torch.optim.LBFGS``'s convention); the message shows the
+                expected ``closure(params) -> loss``.
         """
         if kwargs:
             raise TypeError(f"step() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
-        if not callable(closure):
-            raise TypeError(
-                f"{type(self).__name__}.step() takes a closure params -> loss (it re-evaluates the "
-                f"loss at new iterates), got {type(closure).__name__}"
-            )
+        _check_closure(type(self).__name__, closure)
         params = self.fast_weights(params)
         group = self.groups_for_step(override)[0]
         new_params = _Run(self, group, closure, grad_callback).run(params)
         return self.finish_step(params, new_params)
+
+
+_CONVENTION = (
+    "it re-evaluates the loss at new iterates, so it takes closure(params) -> loss, the loss at the "
+    "fast weights it is given: diffopt.step(lambda params: loss_fn(fmodel(x, params=params)))"
+)
+
+
+def _check_closure(name: str, closure: Any) -> None:
+    """Refuse a loss, a non-callable, or torch's zero-argument closure, saying what the step expects."""
+    if not callable(closure):
+        raise TypeError(f"{name}.step(closure): got a {type(closure).__name__}, not a closure; {_CONVENTION}")
+    try:
+        signature = inspect.signature(closure)
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise TypeError(
+            f"{name}.step(closure): the closure takes no argument (torch.optim.LBFGS's convention, "
+            f"where it reads the model's weights); {_CONVENTION}"
+        ) from None
 
 
 class _Run:
@@ -201,12 +221,12 @@ class _Run:
 
     # -- the step ----------------------------------------------------------------------
     def run(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        state_store = self.optimizer.state
+        state_store = self.optimizer.param_state
         loss, grads = self.evaluate(params)
         self.active = {i for i in self.indices if grads[i] is not None}
         if not self.active:
             return params
-        owner = next((i for i in self.indices if i in state_store), None)
+        owner = next((i for i in self.indices if state_store.get(i)), None)
         state = dict(state_store[owner]) if owner is not None else {}
         new_params, new_state = self.iterate(params, loss, self.flatten(grads, params), state)
         if owner is not None:

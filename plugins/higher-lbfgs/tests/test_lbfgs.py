@@ -118,7 +118,7 @@ def test_rugged_loss_matches_torch_bit_for_bit(options, dtype, loss_dtype):
         fast = diffopt.step(loss, params=fast)
         _torch_steps(opt, params, loss, 1)
         assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(fast, params))
-        _assert_same_state(diffopt.state[0], opt.state[params[0]])
+        _assert_same_state(diffopt.param_state[0], opt.state[params[0]])
 
 
 def test_two_param_groups_refused():
@@ -171,7 +171,7 @@ def test_grad_callback_sees_every_evaluation():
     fast = problem.leaves()
     for _ in range(2):
         fast = diffopt.step(problem.loss, params=fast)
-    assert len(calls) == diffopt.state[0]["func_evals"] > 2 * 6
+    assert len(calls) == diffopt.param_state[0]["func_evals"] > 2 * 6
 
 
 def test_export_state_lets_torch_continue():
@@ -200,7 +200,7 @@ def test_truncate_detaches_the_memory_and_test_mode_keeps_no_graph():
     opt = torch.optim.LBFGS(params, max_iter=4)
     diffopt = higher_core.get_diff_optim(opt, params)
     fast = diffopt.step(problem.loss, params=problem.leaves())
-    state = diffopt.state[0]
+    state = diffopt.param_state[0]
     assert state["old_dirs"][0].grad_fn is not None
     diffopt.truncate()
     tensors = [v for value in state.values() for v in (value if isinstance(value, list) else [value])
@@ -210,7 +210,7 @@ def test_truncate_detaches_the_memory_and_test_mode_keeps_no_graph():
     test_mode = higher_core.get_diff_optim(opt, params, track_higher_grads=False)
     fast = test_mode.step(problem.loss, params=problem.leaves())
     assert all(p.is_leaf for p in fast)
-    assert all(v.grad_fn is None for v in test_mode.state[0]["old_dirs"])
+    assert all(v.grad_fn is None for v in test_mode.param_state[0]["old_dirs"])
 
 
 @pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])

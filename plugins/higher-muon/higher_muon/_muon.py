@@ -90,7 +90,7 @@ class DifferentiableMuon(DifferentiableOptimizer):
         >>> opt = torch.optim.Muon(model.parameters(), lr=0.02, momentum=0.9)
         >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
-        >>> sorted(diffopt.state[0])
+        >>> sorted(diffopt.param_state[0])
         ['momentum_buffer']
     """
 

@@ -29,7 +29,7 @@ def test_mu_product_continues_from_imported_torch_state() -> None:
 
     diffopt = higher_core.get_diff_optim(opt, params)
     # imported as torch keeps it: a 0-d tensor of torch's scalar dtype, not reset
-    state = diffopt.state[0]
+    state = diffopt.param_state[0]
     assert isinstance(state["mu_product"], torch.Tensor) and state["mu_product"].dtype == imported.dtype
     assert torch.equal(state["mu_product"], imported) and state["step"] == 4.0
 
@@ -39,14 +39,14 @@ def test_mu_product_continues_from_imported_torch_state() -> None:
         _torch_steps(opt, params, problem, steps=1)
         for i, p in enumerate(params):
             theirs = opt.state[p]["mu_product"]
-            assert torch.equal(diffopt.state[i]["mu_product"], theirs), f"mu_product at step {step}"
+            assert torch.equal(diffopt.param_state[i]["mu_product"], theirs), f"mu_product at step {step}"
             torch.testing.assert_close(fast[i].detach(), p.detach(), rtol=1e-13, atol=1e-15)
     # the product really continued: 8 factors, not 4
     mu = [0.9 * (1.0 - 0.5 * 0.96 ** (t * 0.3)) for t in range(1, 9)]
     expected = torch.tensor(1.0, dtype=imported.dtype)
     for m in mu:
         expected = expected * m
-    assert torch.equal(diffopt.state[0]["mu_product"], expected)
+    assert torch.equal(diffopt.param_state[0]["mu_product"], expected)
 
 
 def test_mu_product_carries_the_graph_of_a_learned_beta1() -> None:
@@ -58,7 +58,7 @@ def test_mu_product_carries_the_graph_of_a_learned_beta1() -> None:
     diffopt = higher_core.get_diff_optim(opt, params, override={"betas": [(beta1, 0.999)]})
     fast = [p.detach().clone().requires_grad_() for p in params]
     fast = diffopt.step(problem.loss(fast), params=fast)
-    product = diffopt.state[0]["mu_product"]
+    product = diffopt.param_state[0]["mu_product"]
     assert product.requires_grad and product.dtype == torch.float64
     (grad,) = torch.autograd.grad(problem.loss(fast), beta1)
     assert torch.isfinite(grad)

@@ -159,7 +159,7 @@ class DifferentiableProdigy(DifferentiableOptimizer):
                 if not is_zero(decay) and not decouple:
                     grad = add_scaled_exact(grad, p, decay)
                 effective[i] = grad
-                state = dict(self.state[i]) if i in self.state else self.init_state(
+                state = dict(self.param_state[i]) if self.param_state.get(i) else self.init_state(
                     p, {"slice_p": slice_p, "betas": first["betas"]})
                 if value(group_lr) > 0.0:
                     sliced_grad = grad.flatten()[::slice_p]
@@ -174,7 +174,7 @@ class DifferentiableProdigy(DifferentiableOptimizer):
                 states[i] = state
 
         new_params = list(params)
-        self.state.update(states)
+        self.param_state.update(states)
         if value(d_denom) == 0:  # no progress yet: prodigyopt returns before the update
             return new_params
 

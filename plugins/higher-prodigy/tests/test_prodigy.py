@@ -76,7 +76,7 @@ def test_default_configuration_matches_and_has_exact_gradients():
         for i, (ours, theirs) in enumerate(zip(fast, ref)):
             torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-10, atol=1e-12)
             for key, value in opt.state[theirs].items():
-                got = diffopt.state[i][key]
+                got = diffopt.param_state[i][key]
                 torch.testing.assert_close(torch.as_tensor(got).detach(), torch.as_tensor(value),
                                            rtol=1e-10, atol=1e-12)
         _assert_group_state_equal(diffopt, opt, "defaults")
@@ -166,7 +166,7 @@ def test_all_zero_parameter_keeps_its_starting_point_in_the_graph():
     continued = higher_core.get_diff_optim(opt, ref)  # ... imported as it is
     start = problem.leaves()
     fast = diffopt.step(problem.loss(start), params=start)
-    assert diffopt.state[1]["p0"].shape == (2,) and diffopt.state[1]["p0"].requires_grad
+    assert diffopt.param_state[1]["p0"].shape == (2,) and diffopt.param_state[1]["p0"].requires_grad
     resumed = [p.detach().clone().requires_grad_() for p in ref]
     for _ in range(3):
         fast = diffopt.step(problem.loss(fast), params=fast)
@@ -190,7 +190,7 @@ def test_no_progress_returns_before_the_update_like_prodigyopt():
     opt.step()
     assert new is w and torch.equal(p.detach(), w.detach())
     assert diffopt.group_state[0]["k"] == opt.param_groups[0]["k"] == 0
-    assert diffopt.state[0]["step"] == opt.state[p]["step"] == 0
+    assert diffopt.param_state[0]["step"] == opt.state[p]["step"] == 0
 
 
 def test_truncate_and_test_mode_detach_the_step_size():
@@ -204,7 +204,7 @@ def test_truncate_and_test_mode_detach_the_step_size():
         diffopt.truncate()
         assert not any(isinstance(v, torch.Tensor) and v.requires_grad
                        for group in diffopt.group_state for v in group.values())
-        assert not any(v.requires_grad for state in diffopt.state.values()
+        assert not any(v.requires_grad for state in diffopt.param_state.values()
                        for v in state.values() if isinstance(v, torch.Tensor))
 
 

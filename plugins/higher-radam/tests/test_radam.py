@@ -39,7 +39,7 @@ def test_both_rectification_branches_in_ten_steps() -> None:
         before = [p.detach() for p in fast]
         fast = diffopt.step(problem.loss(fast), params=fast)
         _torch_steps(opt, params, problem, steps=1)
-        m, v = diffopt.state[0]["exp_avg"].detach(), diffopt.state[0]["exp_avg_sq"].detach()
+        m, v = diffopt.param_state[0]["exp_avg"].detach(), diffopt.param_state[0]["exp_avg_sq"].detach()
         corrected = m / (1 - beta1**t)
         unrectified = before[0] - LR * corrected
         rho = _rho(t, beta2)

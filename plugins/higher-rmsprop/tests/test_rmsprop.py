@@ -30,7 +30,7 @@ def test_centered_variance_exactly_zero_keeps_meta_gradient_finite():
             # the 0 * w**2 term adds nothing but makes the gradient depend on the weights, so
             # the meta-gradient runs through the square root at 0 (torch.sqrt there: nan)
             fast = diffopt.step((fast[0] * slope).sum() + 0.0 * fast[0].pow(2).sum(), params=fast)
-        variance = diffopt.state[0]["square_avg"] - diffopt.state[0]["grad_avg"] ** 2
+        variance = diffopt.param_state[0]["square_avg"] - diffopt.param_state[0]["grad_avg"] ** 2
         assert torch.equal(variance, torch.zeros(3, dtype=torch.float64))
         (meta,) = torch.autograd.grad((fast[0] ** 2).sum(), initial)
     assert torch.isfinite(meta).all()

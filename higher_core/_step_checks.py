@@ -1,0 +1,126 @@
+"""Checks of what a differentiable optimizer is given: its param groups, a step's loss and gradients, an export target.
+
+Each check is cheap (shapes and types, no tensor data is read) and raises an
+error that names the argument and the fix, before anything is computed or written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+__all__ = [
+    "check_callback_grads",
+    "check_export_target",
+    "check_loss",
+    "check_no_duplicates",
+    "check_reached",
+    "check_strided",
+]
+
+
+def check_no_duplicates(groups: Sequence[Sequence[int]], shapes: Sequence[tuple[int, ...]]) -> None:
+    """Refuse a parameter listed twice in one param group (``groups``: positions per group).
+
+    ``torch.optim`` steps such a parameter twice and warns that this will become
+    an error; a differentiable step would have to choose which of two new
+    values is the fast weight, so it is refused here.
+    """
+    for number, positions in enumerate(groups):
+        seen: set[int] = set()
+        for i in positions:
+            if i in seen:
+                raise ValueError(
+                    f"param group {number} lists parameter {i} (shape {shapes[i]}) twice; torch.optim "
+                    "would step it twice (and warns that this will become an error): pass each "
+                    "parameter once"
+                )
+            seen.add(i)
+
+
+def check_loss(loss: Any) -> None:
+    """Refuse a loss that is not a scalar tensor requiring grad, naming ``loss`` and the fix."""
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"step(loss): loss must be a tensor computed from the fast weights, got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise ValueError(
+            f"step(loss): loss must be a scalar, got a tensor of shape {tuple(loss.shape)}; "
+            "reduce it first (loss.sum() or loss.mean())"
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            "step(loss): the loss does not require grad, so it was not computed from the fast "
+            "weights (was it computed under torch.no_grad(), or from the original module?)"
+        )
+
+
+def check_reached(targets: Sequence[int], grads: Sequence[torch.Tensor | None]) -> None:
+    """Refuse a loss whose graph reaches none of the fast weights ``targets`` (every gradient ``None``)."""
+    if targets and all(grads[i] is None for i in targets):
+        raise ValueError(
+            "step(loss): the loss does not reach any fast weight, so the step would do nothing. "
+            "Compute it from the current fast weights (fmodel(x) after the previous step), not "
+            "from the original module, another context, or a loss already stepped on"
+        )
+
+
+def check_callback_grads(returned: Any, params: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+    """The gradients a ``grad_callback`` returned, checked: one per parameter, ``None`` or of its shape."""
+    if returned is None:
+        raise TypeError(
+            "grad_callback returned None; it must return the list of gradients, one per parameter "
+            "(None where there is none). Did it forget `return`?"
+        )
+    grads = list(returned)
+    if len(grads) != len(params):
+        raise ValueError(f"grad_callback returned {len(grads)} gradients for {len(params)} parameters")
+    for i, (grad, param) in enumerate(zip(grads, params)):
+        if grad is None:
+            continue
+        if not isinstance(grad, torch.Tensor):
+            raise TypeError(
+                f"grad_callback returned a {type(grad).__name__} for parameter {i}; return a tensor "
+                "of the parameter's shape, or None"
+            )
+        if grad.shape != param.shape:
+            raise ValueError(
+                f"grad_callback returned a gradient of shape {tuple(grad.shape)} for parameter {i} "
+                f"of shape {tuple(param.shape)}; return each gradient with its parameter's shape"
+            )
+    return grads
+
+
+def check_strided(name: str, grads: Iterable[torch.Tensor | None]) -> None:
+    """Refuse sparse gradients (``nn.Embedding(sparse=True)``), naming the optimizer and the fixes."""
+    for i, grad in enumerate(grads):
+        if grad is not None and grad.layout != torch.strided:
+            raise ValueError(
+                f"{name}: parameter {i} has a sparse gradient ({grad.layout}), which differentiable "
+                "optimizers do not step; build the module with sparse=False, or densify in "
+                "grad_callback=lambda grads: [None if g is None else g.to_dense() for g in grads]"
+            )
+
+
+def check_export_target(opt: Any, reference_type: type, name: str, positions: Sequence[Sequence[int]],
+                        shapes: Sequence[tuple[int, ...]]) -> None:
+    """Refuse an ``export_state`` target that is not the optimizer this one mirrors (type, groups, shapes)."""
+    if type(opt) is not reference_type:
+        raise TypeError(
+            f"export_state(opt): opt is a {type(opt).__name__} but this differentiable optimizer "
+            f"mirrors {name}; pass the optimizer it was built from"
+        )
+    if [len(g["params"]) for g in opt.param_groups] != [len(p) for p in positions]:
+        raise ValueError(
+            "export_state(opt): the optimizer's param groups differ from the ones this differentiable "
+            "optimizer was built from; pass that optimizer"
+        )
+    for ours, theirs in zip(positions, opt.param_groups):
+        for i, param in zip(ours, theirs["params"]):
+            if tuple(param.shape) != shapes[i]:
+                raise ValueError(
+                    f"export_state(opt): opt's parameter {i} has shape {tuple(param.shape)} but this "
+                    f"optimizer's has shape {shapes[i]}; pass the optimizer it was built from. "
+                    "Nothing was written"
+                )
