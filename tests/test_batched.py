@@ -84,7 +84,7 @@ def _assert_same(fmodel, diffopt, fasts, states):
     for t, (fast, state) in enumerate(zip(fasts, states)):
         for ours, theirs in zip(fmodel.fast_params, fast):
             torch.testing.assert_close(ours[t], theirs, rtol=RTOL, atol=ATOL)
-        ours_state = diffopt.param_state_of_task(t)
+        ours_state = diffopt.state_of_task(t)
         assert sorted(ours_state) == sorted(state)
         for i in state:
             for key, value in state[i].items():

@@ -91,7 +91,7 @@ def check_batched(info: OptimizerInfo, row: OptimizerInput, tasks: int = 4, step
         for t in range(tasks):
             for i, p in enumerate(fast):
                 _compare(f"{where}: task {t}, param {i}", p[t], loop_fast[t][i], info.rtol, info.atol)
-            state = diffopt.param_state_of_task(t)
+            state = diffopt.state_of_task(t)
             assert sorted(state) == sorted(loop_states[t]), f"{where}: task {t} has state for {sorted(state)}"
             for i, expected in loop_states[t].items():
                 assert sorted(state[i]) == sorted(expected), f"{where}: task {t}, param {i}: state keys differ"
