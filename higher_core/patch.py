@@ -385,7 +385,7 @@ class PatchedModule(nn.Module):
 
     @property
     def training(self) -> bool:  # type: ignore[override]
-        """Training mode: the private copy's own flag (one source of truth), as ``nn.Module.training``.
+        """Training mode, the private copy's own flag (one source of truth), as ``nn.Module.training``.
 
         Example:
             >>> import torch, higher_core

@@ -10,7 +10,7 @@ module's own ``forward`` on ``x[t]`` with the fast weights ``w[t]`` and buffers
 A module ``vmap`` cannot batch (an operator without a batching rule, a
 data-dependent branch) falls back, transparently and for good, to a Python loop
 over the tasks with the same numbers; :attr:`BatchedPatchedModule.batching` then
-says ``"loop"`` and :attr:`BatchedPatchedModule.fallback_reason` why. A module
+says ``"loop"`` and ``fallback_reason`` why. A module
 with convolutions on the CPU starts in the loop, which measures faster there
 than ``vmap``'s grouped convolutions (``benchmarks/batched_tasks.py``); the
 optimizer step stays batched either way.
@@ -171,10 +171,10 @@ class BatchedPatchedModule(nn.Module):
 
     @property
     def batching(self) -> str:
-        """How the forward runs the tasks: ``"vmap"`` or ``"loop"``.
+        """How the forward runs the tasks, ``"vmap"`` or ``"loop"``.
 
         It turns to ``"loop"`` by itself after a forward that ``vmap`` could not
-        batch (:attr:`fallback_reason` says why); set it to ``"loop"`` where the
+        batch (``fallback_reason`` says why); set it to ``"loop"`` where the
         loop is faster (convolutions on the CPU, see README "Batched tasks"),
         or back to ``"vmap"``. The numbers are the same either way.
         """

@@ -48,7 +48,7 @@ class BatchedDifferentiableOptimizer:
 
     Args:
         diff_type: the plugin's differentiable optimizer class for ``type(other)``.
-        other, reference_params, device, grad_callback, track_higher_grads, **kwargs:
+        other, reference_params, device, grad_callback, track_higher_grads, ``**kwargs``:
             as for :class:`~higher_core.optim.DifferentiableOptimizer`.
         tasks: the number of tasks ``T``.
         fmodel: a :class:`BatchedPatchedModule` with the same ``tasks``.
@@ -108,7 +108,7 @@ class BatchedDifferentiableOptimizer:
 
     @property
     def track_higher_grads(self) -> bool:
-        """Whether steps build a graph: the fmodel's flag when there is one (kept by the first rule)."""
+        """Whether steps build a graph; the fmodel's flag when there is one (kept by the first rule)."""
         return self._rules[0].track_higher_grads
 
     @track_higher_grads.setter
