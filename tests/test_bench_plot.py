@@ -44,5 +44,7 @@ def test_plot_writes_one_png_per_section(tmp_path):
     # a separate process: matplotlib's own deprecation warnings are not this project's to fail on
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot.py"), "--out", str(tmp_path)],
                    check=True, capture_output=True, env={**os.environ, "MPLBACKEND": "Agg"}, timeout=120)
-    (png,) = tmp_path.glob("*.png")
-    assert png.name == "bench_cpu.png" and png.stat().st_size > 10_000
+    sections = plot.read_tables((ROOT / "benchmarks" / "RESULTS.md").read_text())
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert [p.name for p in pngs] == sorted(f"bench_{name.lower()}.png" for name in sections)
+    assert all(p.stat().st_size > 10_000 for p in pngs)
