@@ -206,7 +206,10 @@ class DifferentiableOptimizer:
         self._grad_callback = grad_callback
         self._track_higher_grads = True if track_higher_grads is None else track_higher_grads
         self._override: dict[str, list[Any]] = {}
-        self._override = self._validated(override)
+        constructor_override = self._normalized(override)
+        if constructor_override:
+            self._check_merged(merged_groups(self.param_groups, {}, constructor_override), constructor_override)
+        self._override = constructor_override
         #: the reference optimizer's constructor defaults
         self.defaults: dict[str, Any] = dict(other.defaults)
         #: each parameter's state (``torch.optim``'s keys), by its position; absent before its first step
@@ -492,20 +495,22 @@ class DifferentiableOptimizer:
         constructor's checks, :meth:`check_param_groups`) and applies to this
         step only: it is never stored.
         """
-        step_override = self._validated(override)
+        step_override = self._normalized(override)
         if not self._override and not step_override:
             return self.param_groups
-        return merged_groups(self.param_groups, self._override, step_override)
+        groups = merged_groups(self.param_groups, self._override, step_override)
+        if step_override:
+            self._check_merged(groups, step_override)
+        return groups
 
-    def _validated(self, override: Override | None) -> dict[str, list[Any]]:
-        normalized = normalize_override(override, self.param_groups, self.optimizer_name,
-                                        self.tensor_hyperparameters)
-        if normalized:
-            groups = merged_groups(self.param_groups, self._override, normalized)
-            self.check_param_groups(groups)
-            validate_with_reference(self.reference_type, groups, self.param_groups,
-                                    [*self._override, *normalized], self.optimizer_name)
-        return normalized
+    def _normalized(self, override: Override | None) -> dict[str, list[Any]]:
+        return normalize_override(override, self.param_groups, self.optimizer_name, self.tensor_hyperparameters)
+
+    def _check_merged(self, groups: list[dict[str, Any]], normalized: Mapping[str, list[Any]]) -> None:
+        """The plugin's and the reference constructor's checks of groups with ``normalized`` applied."""
+        self.check_param_groups(groups)
+        validate_with_reference(self.reference_type, groups, self.param_groups,
+                                [*self._override, *normalized], self.optimizer_name)
 
     def gradients(
         self, loss: torch.Tensor, params: list[torch.Tensor], grad_callback: GradCallback | None = None
