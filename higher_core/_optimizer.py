@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from higher_core import _complex, _devices, _higher_compat, _state_io, _step_checks
+from higher_core import _complex, _devices, _flat, _higher_compat, _state_io, _step_checks
 from higher_core._overrides import Override, merged_groups, normalize_override, validate_with_reference
 
 if TYPE_CHECKING:
@@ -128,6 +128,11 @@ class DifferentiableOptimizer:
     #: Muon), ``"global"`` (couples tensors or groups: LBFGS, Prodigy). Batched
     #: tasks and flat fast weights read it; ``"global"`` is the safe default.
     scope: ClassVar[Scope] = "global"
+    #: Whether an element-wise rule steps each param group as one flat buffer
+    #: (:mod:`higher_core._flat`; same numbers, one kernel per operation instead of one
+    #: per tensor). Set False, on the class or on an instance before a step, to
+    #: step tensor by tensor: the reference the flat path is tested against.
+    flat_weights: ClassVar[bool] = True
     _legacy_update: ClassVar[bool] = False  # a higher-style ``_update(grouped_grads)`` subclass
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -214,6 +219,7 @@ class DifferentiableOptimizer:
         self.defaults: dict[str, Any] = dict(other.defaults)
         #: each parameter's state (``torch.optim``'s keys), by its position; absent before its first step
         self.param_state: dict[int, State] = {}
+        self._flat_groups: dict[int, _flat.FlatGroup] = {}  # by group number: the layout of its last flat step
         for i, p in enumerate(reference):
             existing = other.state.get(p)
             if existing:
@@ -371,21 +377,44 @@ class DifferentiableOptimizer:
             if not indices:
                 continue
             self.check_devices(number, group, params, indices)
-            states = [self.param_state.get(i) or self.init_state(params[i], group) for i in indices]
+            existing = [self.param_state.get(i) for i in indices]
             group_params = [params[i] for i in indices]
             group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
             if self.group_state[number]:
                 self.group_state[number] = self.update_group_state(
                     group, self.group_state[number], group_params, group_grads)
                 group = {**group, **self.group_state[number]}
-            if any(p.is_complex() for p in group_params):
-                updated, new_states = self._update_complex(group, group_params, group_grads, states)
+            stepped = self._flat_step(number, group, indices, group_params, group_grads, existing)
+            if stepped is not None:
+                updated, new_states = stepped
             else:
-                updated, new_states = self.update(group, group_params, group_grads, states)
+                states = [state or self.init_state(params[i], group) for i, state in zip(indices, existing)]
+                if any(p.is_complex() for p in group_params):
+                    updated, new_states = self._update_complex(group, group_params, group_grads, states)
+                else:
+                    updated, new_states = self.update(group, group_params, group_grads, states)
             for i, p, s in zip(indices, updated, new_states):
                 new_params[i] = p
                 self.param_state[i] = s
         return new_params
+
+    def _flat_step(self, number: int, group: Mapping[str, Any], indices: list[int], params: list[torch.Tensor],
+                   grads: list[torch.Tensor], existing: list[State | None]
+                   ) -> tuple[list[torch.Tensor], list[State]] | None:
+        """The group stepped on flat buffers (:mod:`higher_core._flat`), or ``None`` to step it per tensor."""
+        if not self.flat_weights or self.scope != "element":
+            return None
+        lead = _flat.flat_layout(params, [self._shapes[i] for i in indices], grads)
+        if lead is None:
+            return None
+        layout = self._flat_groups.get(number)
+        if layout is None or not layout.fits(indices, params):
+            layout = self._flat_groups[number] = _flat.FlatGroup(indices, params, lead)
+        if all(not state for state in existing):
+            states = None
+        else:
+            states = [state or self.init_state(p, group) for p, state in zip(params, existing)]
+        return layout.step(self.update, group, params, grads, states, lambda flat: self.init_state(flat, group))
 
     def _update_complex(self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
                         states: list[State]) -> tuple[list[torch.Tensor], list[State]]:

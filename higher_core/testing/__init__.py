@@ -17,6 +17,8 @@ against the reference class:
 * ``export_state``, ``truncate``, ``group_statistics``: the reference
   continues identically after ``export_state``, ``truncate`` cuts gradients
   without changing numbers, running statistics per group match the reference's;
+* ``flat_weights``: an element-wise rule stepped on flat buffers equals it
+  stepped tensor by tensor, bit for bit (weights, state, meta-gradients);
 * per table: every bad input is refused by the side its row names
   (``raised_by``), implementation flags change no number, and the reference
   type resolves to the plugin's class (``check_registered``).
@@ -55,6 +57,7 @@ from higher_core.testing._checks import (
     check_hypergradients,
     check_parity,
 )
+from higher_core.testing._flat_check import check_flat_weights
 from higher_core.testing._problem import NotApplicable, Problem
 from higher_core.testing._runner import (
     CHECK_FUNCTIONS,
@@ -94,6 +97,7 @@ __all__ = [
     "check_error_input",
     "check_export_state",
     "check_finite_meta_gradients",
+    "check_flat_weights",
     "check_float32",
     "check_frozen_and_unused",
     "check_gradcheck",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from higher_core.testing import _checks, _state_checks
+from higher_core.testing._flat_check import check_flat_weights
 from higher_core.testing._problem import NotApplicable
 from higher_core.testing._table import CHECKS, ErrorOptimizerInput, OptimizerInfo, OptimizerInput
 from higher_core.testing._table_checks import check_error_input, check_implementation_flags, check_registered
@@ -32,6 +33,7 @@ CHECK_FUNCTIONS: dict[str, Callable[[OptimizerInfo, OptimizerInput], Any]] = {
     "export_state": _state_checks.check_export_state,
     "truncate": _state_checks.check_truncate,
     "group_statistics": _state_checks.check_group_statistics,
+    "flat_weights": check_flat_weights,
 }
 """Row checks by name: each takes a table and one of its rows."""
 

@@ -40,6 +40,7 @@ CHECKS = (
     "export_state",
     "truncate",
     "group_statistics",
+    "flat_weights",
 )
 """The checks run for every :class:`OptimizerInput` row."""
 

@@ -1,0 +1,167 @@
+"""Flat fast weights: an element-wise rule stepped once over a param group laid end to end.
+
+An element-wise rule (``scope = "element"``) gives each element a new value
+that depends only on the same element of the parameter, its gradient and its
+state, and on the hyperparameters. Laying a group's tensors end to end in one
+buffer therefore changes no number, and turns one kernel (and one autograd
+node) per tensor and operation into one per operation: the rule's own
+:meth:`~higher_core.optim.DifferentiableOptimizer.update` runs on a one-tensor
+list. The new fast weights and the new state tensors are handed out as views
+into the new buffers, so everything outside (the patched module,
+``param_state``, ``export_state``) sees the usual per-parameter tensors. At the
+next step, when the group still holds exactly the views it was handed, the
+buffers are used as they are; otherwise (a weight assigned by hand, truncation,
+test mode) they are laid out again with one ``torch.cat``.
+
+With batched tasks every tensor carries a leading task dimension ``[T, ...]``
+and the buffer is ``[T, N]``.
+
+A group is stepped per tensor instead (by the same rule, with the same numbers)
+when laying it out could change a number or does not pay: fewer than two
+tensors, mixed dtypes or devices, complex or empty tensors, or state that is
+not, key by key, either shaped like every parameter or one value shared by all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["FlatGroup", "flat_layout"]
+
+State = dict[str, Any]
+Update = Callable[[Mapping[str, Any], list[torch.Tensor], list[torch.Tensor], list[State]],
+                  "tuple[list[torch.Tensor], list[State]]"]
+_SHARED_TYPES = (int, float, bool, str, type(None))
+
+
+def flat_layout(params: Sequence[torch.Tensor], shapes: Sequence[tuple[int, ...]],
+                grads: Sequence[torch.Tensor]) -> int | None:
+    """The number of leading (task) dimensions if ``params`` can be laid end to end, else ``None``.
+
+    Args:
+        params: the group's fast weights that step now.
+        shapes: their parameters' own shapes (without a task dimension).
+        grads: their gradients.
+    """
+    if len(params) < 2:
+        return None
+    first = params[0]
+    lead = first.dim() - len(shapes[0])
+    if lead not in (0, 1) or first.is_complex() or first.layout != torch.strided:
+        return None
+    lead_shape = first.shape[:lead]
+    dtype, device = first.dtype, first.device
+    for p, shape, g in zip(params, shapes, grads):
+        if (p.dtype != dtype or p.device != device or p.dim() - len(shape) != lead or p.shape[:lead] != lead_shape
+                or g.dtype != dtype or g.layout != torch.strided or p.numel() == 0):
+            return None
+    return lead
+
+
+class FlatGroup:
+    """One param group's stepping tensors laid end to end, and the buffers of its last flat step.
+
+    Args:
+        indices: the positions (into the fast weights) of the tensors laid out.
+        params: those fast weights.
+        lead: leading (task) dimensions shared by every tensor (0 or 1).
+    """
+
+    def __init__(self, indices: Sequence[int], params: Sequence[torch.Tensor], lead: int) -> None:
+        self.indices = tuple(indices)
+        self.lead = lead
+        self.shapes = [tuple(p.shape) for p in params]
+        lead_shape = params[0].shape[:lead]
+        self.flat_shape = (*lead_shape, -1)
+        self.sizes = [math.prod(s[lead:]) for s in self.shapes]
+        self.param_views: list[torch.Tensor] = []
+        self.param_flat: torch.Tensor | None = None
+        self.state_views: dict[str, list[torch.Tensor]] = {}
+        self.state_flat: dict[str, torch.Tensor] = {}
+
+    def fits(self, indices: Sequence[int], params: Sequence[torch.Tensor]) -> bool:
+        """Whether this layout is the one of ``params`` at ``indices`` (positions and shapes)."""
+        return self.indices == tuple(indices) and all(tuple(p.shape) == s for p, s in zip(params, self.shapes))
+
+    def gather(self, tensors: Sequence[torch.Tensor], views: Sequence[torch.Tensor] = (),
+               flat: torch.Tensor | None = None) -> torch.Tensor:
+        """``tensors`` laid end to end: ``flat`` itself when they are exactly its ``views``, else a copy."""
+        if flat is not None and len(views) == len(tensors) and all(a is b for a, b in zip(tensors, views)):
+            return flat
+        return torch.cat([t.reshape(self.flat_shape) for t in tensors], dim=self.lead)
+
+    def scatter(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per-tensor views into ``flat``, shaped as the tensors laid out."""
+        return [piece.view(shape) for piece, shape in zip(torch.split(flat, self.sizes, dim=self.lead), self.shapes)]
+
+    def _gather_states(self, states: Sequence[State], params: Sequence[torch.Tensor]) -> State | None:
+        """One state for the flat buffer: per-element tensors laid end to end, shared values once."""
+        keys = states[0].keys()
+        flat: State = {}
+        for key in keys:
+            values = [s.get(key) for s in states]
+            if any(key not in s for s in states):
+                return None
+            first = values[0]
+            if all(isinstance(v, torch.Tensor) and v.shape == p.shape and v.dtype == p.dtype
+                   and v.device == p.device for v, p in zip(values, params)):
+                flat[key] = self.gather(values, self.state_views.get(key, ()), self.state_flat.get(key))
+            elif isinstance(first, torch.Tensor):
+                if not all(v is first for v in values):  # distinct tensors: their values may differ
+                    return None
+                flat[key] = first
+            elif isinstance(first, _SHARED_TYPES) and all(type(v) is type(first) and v == first for v in values):
+                flat[key] = first
+            else:
+                return None
+        if any(s.keys() != keys for s in states):
+            return None
+        return flat
+
+    def step(self, update: Update, group: Mapping[str, Any], params: Sequence[torch.Tensor],
+             grads: Sequence[torch.Tensor], states: Sequence[State] | None,
+             init_state: Callable[[torch.Tensor], State]) -> tuple[list[torch.Tensor], list[State]] | None:
+        """One step of ``update`` on the flat buffers; ``None`` (nothing done) if the state cannot be laid flat.
+
+        Args:
+            update: the rule's ``update(group, params, grads, states)``.
+            group: the group's hyperparameters.
+            params, grads: the tensors laid out and their gradients.
+            states: their states, or ``None`` when none has any yet (``init_state``
+                then makes the flat state).
+            init_state: the rule's ``init_state`` for a parameter (called on the flat buffer).
+
+        Returns:
+            The new fast weights and states, per tensor (views into the new buffers).
+        """
+        gathered = None if states is None else self._gather_states(states, params)
+        if states is not None and gathered is None:
+            return None
+        flat_param = self.gather(params, self.param_views, self.param_flat)
+        flat_state = init_state(flat_param) if gathered is None else gathered
+        flat_grad = self.gather(grads)
+        new_params, new_states = update(group, [flat_param], [flat_grad], [flat_state])
+        if len(new_params) != 1 or len(new_states) != 1 or new_params[0].shape != flat_param.shape:
+            raise TypeError(
+                "an element-wise rule (scope = 'element') must return one new parameter of the shape of each "
+                f"parameter it is given; update() returned {len(new_params)} for one. Declare scope = 'tensor' "
+                "if the rule needs each tensor's own shape"
+            )
+        self.param_flat = new_params[0]
+        self.param_views = self.scatter(self.param_flat)
+        per_tensor: list[State] = [{} for _ in params]
+        self.state_flat, self.state_views = {}, {}
+        for key, value in new_states[0].items():
+            if isinstance(value, torch.Tensor) and value.shape == flat_param.shape:
+                self.state_flat[key] = value
+                self.state_views[key] = self.scatter(value)
+                for state, view in zip(per_tensor, self.state_views[key]):
+                    state[key] = view
+            else:
+                for state in per_tensor:
+                    state[key] = value
+        return self.param_views, per_tensor
