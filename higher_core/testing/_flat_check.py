@@ -4,10 +4,12 @@ An element-wise rule (``scope = "element"``) steps each param group as one flat
 buffer (:attr:`~higher_core.optim.DifferentiableOptimizer.flat_weights`). The
 per-tensor path, the rule's own ``update`` on each group's list, is the
 reference. Over a few steps with a learned ``lr``, on tensors of sizes that
-cross vector widths, the fast weights, the state and the meta-gradients with
-respect to the initial weights must be equal bit for bit; the meta-gradient of
-a learned hyperparameter to ``rtol=1e-12`` (it sums over every element, and
-one sum over the flat buffer adds in another order than one sum per tensor).
+cross vector widths, the fast weights and the state must be equal bit for bit,
+and the meta-gradients (with respect to the initial weights and the ``lr``)
+to ``rtol=1e-12``: autograd adds the contributions to a tensor's gradient in
+the order its graph delivers them, which the flat layout changes, and the
+``lr``'s gradient sums over every element, in one sum over the flat buffer
+instead of one per tensor (measured: about one unit in the last place).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ __all__ = ["FLAT_SHAPES", "check_flat_weights"]
 
 #: parameter shapes of the check: group 0 lays the first three out flat, the last is group 1
 FLAT_SHAPES: tuple[tuple[int, ...], ...] = ((5, 7), (13,), (2, 3, 3), (4,))
-HYPERGRADIENT_RTOL = 1e-12
+META_GRADIENT_RTOL = 1e-12
 
 
 def _one_buffer(tensors: list[torch.Tensor]) -> bool:
@@ -55,7 +57,7 @@ def _run(info: OptimizerInfo, row: OptimizerInput, problem: Problem, flat: bool,
 
 def check_flat_weights(info: OptimizerInfo, row: OptimizerInput, steps: int = 3,
                        device: torch.device | str | None = None) -> None:
-    """Flat buffers and tensor-by-tensor steps give the same weights, state and meta-gradients.
+    """Flat buffers and tensor-by-tensor steps give the same weights and state, and meta-gradients to 1e-12.
 
     Raises:
         NotApplicable: the rule is not element-wise (its scope), opts out
@@ -81,9 +83,6 @@ def check_flat_weights(info: OptimizerInfo, row: OptimizerInput, steps: int = 3,
             _compare(f"{where}: param {i}, state {key!r}", flat_state[i][key], value, 0.0, 0.0)
     for k, (ours, theirs) in enumerate(zip(flat_meta, meta)):
         assert (ours is None) == (theirs is None), f"{where}: meta-gradient {k} is None on one side only"
-        if theirs is None:
-            continue
-        if k < len(FLAT_SHAPES):
-            assert torch.equal(ours, theirs), f"{where}: meta-gradient of initial weight {k} differs"
-        else:
-            _compare(f"{where}: meta-gradient of the learned lr", ours, theirs, HYPERGRADIENT_RTOL, 0.0)
+        if theirs is not None:
+            what = f"initial weight {k}" if k < len(FLAT_SHAPES) else "the learned lr"
+            _compare(f"{where}: meta-gradient of {what}", ours, theirs, META_GRADIENT_RTOL, 0.0)
