@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["check_devices"]
+__all__ = ["check_devices", "check_group"]
 
 
 def _elsewhere(value: Any, device: torch.device) -> bool:
@@ -28,7 +28,20 @@ def check_devices(name: str, number: int, group: Mapping[str, Any], params: list
         indices: positions into ``params``.
         states: the stored state per position.
     """
-    for device in {params[i].device for i in indices}:
+    check_group(name, number, group, [params[i] for i in indices], indices, [states.get(i) for i in indices])
+
+
+def check_group(name: str, number: int, group: Mapping[str, Any], params: Sequence[torch.Tensor],
+                indices: Sequence[int], states: Sequence[Mapping[str, Any] | None],
+                flat_state: Mapping[str, Any] | None = None) -> None:
+    """:func:`check_devices` for one group's stepping ``params`` (at ``indices``) and their ``states``.
+
+    With ``flat_state`` (the state of a flat step, laid out on the parameters'
+    one device) the per-parameter ``states`` are not read: the check costs the
+    same for 10 tensors as for 1000.
+    """
+    devices = {params[0].device} if flat_state is not None else {p.device for p in params}
+    for device in devices:
         for key, value in group.items():
             for tensor in value if isinstance(value, tuple) else (value,):
                 if _elsewhere(tensor, device):
@@ -37,13 +50,14 @@ def check_devices(name: str, number: int, group: Mapping[str, Any], params: list
                         f"tensor on {tensor.device} but the fast weights are on {device}; move it there "
                         f"(.to({str(device)!r}), or get_trainable_opt_params(opt, device={str(device)!r}))"
                     )
-    for i in indices:
-        device = params[i].device
-        for key, value in states.get(i, {}).items():
+    checked = [(f"parameter {i}", state, p.device) for i, state, p in zip(indices, states, params)] \
+        if flat_state is None else [(f"parameters {list(indices)}", flat_state, params[0].device)]
+    for which, state, device in checked:
+        for key, value in (state or {}).items():
             if _elsewhere(value, device):
                 raise ValueError(
-                    f"{name}: optimizer state {key!r} of parameter {i} is on {value.device} "
-                    f"but its fast weight is on {device}; pass device={str(device)!r} to innerloop_ctx or "
-                    "get_diff_optim (it moves the optimizer state), or keep the model and the optimizer "
-                    "on one device"
+                    f"{name}: optimizer state {key!r} of {which} is on {value.device} "
+                    f"but its fast weight is on {device}; pass device={str(device)!r} to "
+                    "innerloop_ctx or get_diff_optim (it moves the optimizer state), or keep the model and the "
+                    "optimizer on one device"
                 )

@@ -10,8 +10,10 @@ list. The new fast weights and the new state tensors are handed out as views
 into the new buffers, so everything outside (the patched module,
 ``param_state``, ``export_state``) sees the usual per-parameter tensors. At the
 next step, when the group still holds exactly the views it was handed, the
-buffers are used as they are; otherwise (a weight assigned by hand, truncation,
-test mode) they are laid out again with one ``torch.cat``.
+buffers are used as they are; otherwise (a weight assigned by hand, a state
+tensor replaced, truncation) they are laid out again with one ``torch.cat``.
+The per-tensor state views are made only when somebody reads the state
+(:mod:`higher_core._state_store`).
 
 With batched tasks every tensor carries a leading task dimension ``[T, ...]``
 and the buffer is ``[T, N]``.
@@ -75,13 +77,15 @@ class FlatGroup:
         self.indices = tuple(indices)
         self.lead = lead
         self.shapes = [tuple(p.shape) for p in params]
-        lead_shape = params[0].shape[:lead]
-        self.flat_shape = (*lead_shape, -1)
+        self.flat_shape = (*params[0].shape[:lead], -1)
         self.sizes = [math.prod(s[lead:]) for s in self.shapes]
         self.param_views: list[torch.Tensor] = []
         self.param_flat: torch.Tensor | None = None
-        self.state_views: dict[str, list[torch.Tensor]] = {}
+        #: the last step's state: per-element tensors laid out, values shared by every tensor, in key order
         self.state_flat: dict[str, torch.Tensor] = {}
+        self.shared: dict[str, Any] = {}
+        self.keys: list[str] = []
+        self.state_views: dict[str, list[torch.Tensor]] = {}  # what per_tensor_states handed out
 
     def fits(self, indices: Sequence[int], params: Sequence[torch.Tensor]) -> bool:
         """Whether this layout is the one of ``params`` at ``indices`` (positions and shapes)."""
@@ -98,14 +102,43 @@ class FlatGroup:
         """Per-tensor views into ``flat``, shaped as the tensors laid out."""
         return [piece.view(shape) for piece, shape in zip(torch.split(flat, self.sizes, dim=self.lead), self.shapes)]
 
+    def per_tensor_states(self) -> list[State]:
+        """The last step's state as one dict per tensor (views into the flat buffers)."""
+        self.state_views = {key: self.scatter(value) for key, value in self.state_flat.items()}
+        states: list[State] = [{} for _ in self.indices]
+        for key in self.keys:
+            for k, state in enumerate(states):
+                state[key] = self.state_views[key][k] if key in self.state_views else self.shared[key]
+        return states
+
+    def flat_state(self) -> State:
+        """The last step's state, per-element values as the flat buffers."""
+        return {key: self.state_flat[key] if key in self.state_flat else self.shared[key] for key in self.keys}
+
+    def detach_state(self) -> None:
+        """Cut the flat state from the graph (test mode, truncation)."""
+        self.state_flat = {key: value.detach() for key, value in self.state_flat.items()}
+        self.shared = {key: value.detach() if isinstance(value, torch.Tensor) else value
+                       for key, value in self.shared.items()}
+        self.state_views = {}
+
+    def detached_params(self, requires_grad: Sequence[bool]) -> list[torch.Tensor]:
+        """The last step's weights as leaves: views into the detached buffer, ``requires_grad`` as given."""
+        assert self.param_flat is not None
+        self.param_flat = self.param_flat.detach()
+        self.param_views = self.scatter(self.param_flat)
+        for view, flag in zip(self.param_views, requires_grad):
+            view.requires_grad_(flag)
+        return self.param_views
+
     def _gather_states(self, states: Sequence[State], params: Sequence[torch.Tensor]) -> State | None:
         """One state for the flat buffer: per-element tensors laid end to end, shared values once."""
         keys = states[0].keys()
+        if any(s.keys() != keys for s in states):
+            return None
         flat: State = {}
         for key in keys:
-            values = [s.get(key) for s in states]
-            if any(key not in s for s in states):
-                return None
+            values = [s[key] for s in states]
             first = values[0]
             if all(isinstance(v, torch.Tensor) and v.shape == p.shape and v.dtype == p.dtype
                    and v.device == p.device for v, p in zip(values, params)):
@@ -118,31 +151,36 @@ class FlatGroup:
                 flat[key] = first
             else:
                 return None
-        if any(s.keys() != keys for s in states):
-            return None
         return flat
 
     def step(self, update: Update, group: Mapping[str, Any], params: Sequence[torch.Tensor],
-             grads: Sequence[torch.Tensor], states: Sequence[State] | None,
-             init_state: Callable[[torch.Tensor], State]) -> tuple[list[torch.Tensor], list[State]] | None:
+             grads: Sequence[torch.Tensor], states: Sequence[State] | None | bool,
+             init_state: Callable[[torch.Tensor], State]) -> list[torch.Tensor] | None:
         """One step of ``update`` on the flat buffers; ``None`` (nothing done) if the state cannot be laid flat.
 
         Args:
             update: the rule's ``update(group, params, grads, states)``.
             group: the group's hyperparameters.
             params, grads: the tensors laid out and their gradients.
-            states: their states, or ``None`` when none has any yet (``init_state``
-                then makes the flat state).
+            states: their states; ``None`` when none has any yet (``init_state``
+                then makes the flat state); ``True`` to continue from this
+                layout's own flat state (nobody has read it since its step).
             init_state: the rule's ``init_state`` for a parameter (called on the flat buffer).
 
         Returns:
-            The new fast weights and states, per tensor (views into the new buffers).
+            The new fast weights (views into the new buffer). The new state stays
+            flat until :meth:`per_tensor_states`.
         """
-        gathered = None if states is None else self._gather_states(states, params)
-        if states is not None and gathered is None:
-            return None
+        if states is True:
+            flat_state = self.flat_state()
+        elif states:
+            gathered = self._gather_states(states, params)
+            if gathered is None:
+                return None
+            flat_state = gathered
         flat_param = self.gather(params, self.param_views, self.param_flat)
-        flat_state = init_state(flat_param) if gathered is None else gathered
+        if not states:
+            flat_state = init_state(flat_param)
         flat_grad = self.gather(grads)
         new_params, new_states = update(group, [flat_param], [flat_grad], [flat_state])
         if len(new_params) != 1 or len(new_states) != 1 or new_params[0].shape != flat_param.shape:
@@ -153,15 +191,9 @@ class FlatGroup:
             )
         self.param_flat = new_params[0]
         self.param_views = self.scatter(self.param_flat)
-        per_tensor: list[State] = [{} for _ in params]
-        self.state_flat, self.state_views = {}, {}
-        for key, value in new_states[0].items():
-            if isinstance(value, torch.Tensor) and value.shape == flat_param.shape:
-                self.state_flat[key] = value
-                self.state_views[key] = self.scatter(value)
-                for state, view in zip(per_tensor, self.state_views[key]):
-                    state[key] = view
-            else:
-                for state in per_tensor:
-                    state[key] = value
-        return self.param_views, per_tensor
+        self.keys = list(new_states[0])
+        self.state_flat = {key: value for key, value in new_states[0].items()
+                           if isinstance(value, torch.Tensor) and value.shape == flat_param.shape}
+        self.shared = {key: value for key, value in new_states[0].items() if key not in self.state_flat}
+        self.state_views = {}
+        return self.param_views

@@ -53,6 +53,7 @@ import torch
 
 from higher_core import _complex, _devices, _flat, _higher_compat, _state_io, _step_checks
 from higher_core._overrides import Override, merged_groups, normalize_override, validate_with_reference
+from higher_core._state_store import StateStore
 
 if TYPE_CHECKING:
     from higher_core.patch import PatchedModule
@@ -218,7 +219,7 @@ class DifferentiableOptimizer:
         #: the reference optimizer's constructor defaults
         self.defaults: dict[str, Any] = dict(other.defaults)
         #: each parameter's state (``torch.optim``'s keys), by its position; absent before its first step
-        self.param_state: dict[int, State] = {}
+        self.param_state: dict[int, State] = StateStore()
         self._flat_groups: dict[int, _flat.FlatGroup] = {}  # by group number: the layout of its last flat step
         for i, p in enumerate(reference):
             existing = other.state.get(p)
@@ -372,36 +373,51 @@ class DifferentiableOptimizer:
         if self._legacy_update:
             return _higher_compat.legacy_update_groups(self, groups, params, grads)
         new_params = list(params)
+        store = self.param_state
+        lazy = isinstance(store, StateStore)
+        stored = store.raw_get if lazy else store.get  # reads that leave flat groups' state laid out
         for number, group in enumerate(groups):
             indices = [i for i in group["params"] if grads[i] is not None]
             if not indices:
                 continue
-            self.check_devices(number, group, params, indices)
-            existing = [self.param_state.get(i) for i in indices]
             group_params = [params[i] for i in indices]
             group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
+            layout = self._flat_layout(number, indices, group_params, group_grads)
+            pending = lazy and layout is not None and store.pending.get(number) is layout
+            if lazy and not pending:
+                store.settle(number)
+            existing = [] if pending else [stored(i) for i in indices]
+            _devices.check_group(self.optimizer_name, number, group, group_params, indices, existing,
+                                 layout.flat_state() if pending else None)
             if self.group_state[number]:
                 self.group_state[number] = self.update_group_state(
                     group, self.group_state[number], group_params, group_grads)
                 group = {**group, **self.group_state[number]}
-            stepped = self._flat_step(number, group, indices, group_params, group_grads, existing)
-            if stepped is not None:
-                updated, new_states = stepped
-            else:
-                states = [state or self.init_state(params[i], group) for i, state in zip(indices, existing)]
+            updated = None
+            if layout is not None:
+                states = True if pending else None if all(not s for s in existing) else [
+                    s or self.init_state(p, group) for p, s in zip(group_params, existing)]
+                updated = layout.step(self.update, group, group_params, group_grads, states,
+                                      lambda flat: self.init_state(flat, group))
+                if updated is not None and lazy:
+                    store.defer(number, layout)
+                elif updated is not None:  # a plain dict assigned to param_state: fill it now
+                    store.update(zip(indices, layout.per_tensor_states()))
+            if updated is None:
+                states = [s or self.init_state(params[i], group) for i, s in zip(indices, existing)]
                 if any(p.is_complex() for p in group_params):
                     updated, new_states = self._update_complex(group, group_params, group_grads, states)
                 else:
                     updated, new_states = self.update(group, group_params, group_grads, states)
-            for i, p, s in zip(indices, updated, new_states):
+                for i, state in zip(indices, new_states):
+                    dict.__setitem__(store, i, state)
+            for i, p in zip(indices, updated):
                 new_params[i] = p
-                self.param_state[i] = s
         return new_params
 
-    def _flat_step(self, number: int, group: Mapping[str, Any], indices: list[int], params: list[torch.Tensor],
-                   grads: list[torch.Tensor], existing: list[State | None]
-                   ) -> tuple[list[torch.Tensor], list[State]] | None:
-        """The group stepped on flat buffers (:mod:`higher_core._flat`), or ``None`` to step it per tensor."""
+    def _flat_layout(self, number: int, indices: list[int], params: list[torch.Tensor],
+                     grads: list[torch.Tensor]) -> _flat.FlatGroup | None:
+        """Group ``number``'s flat layout if this step can lay it out (:mod:`higher_core._flat`), else ``None``."""
         if not self.flat_weights or self.scope != "element":
             return None
         lead = _flat.flat_layout(params, [self._shapes[i] for i in indices], grads)
@@ -410,11 +426,7 @@ class DifferentiableOptimizer:
         layout = self._flat_groups.get(number)
         if layout is None or not layout.fits(indices, params):
             layout = self._flat_groups[number] = _flat.FlatGroup(indices, params, lead)
-        if all(not state for state in existing):
-            states = None
-        else:
-            states = [state or self.init_state(p, group) for p, state in zip(params, existing)]
-        return layout.step(self.update, group, params, grads, states, lambda flat: self.init_state(flat, group))
+        return layout
 
     def _update_complex(self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
                         states: list[State]) -> tuple[list[torch.Tensor], list[State]]:
@@ -586,7 +598,13 @@ class DifferentiableOptimizer:
         before), the ones the step left unchanged too, so none leads back to the model.
         """
         if not self.track_higher_grads:
-            new_params = [p.detach().requires_grad_(old.requires_grad) for p, old in zip(new_params, params)]
+            leaves = {}
+            for layout in self._flat_groups.values():  # a flat group's leaves stay views into one buffer
+                if layout.param_views and all(new_params[i] is v for i, v in zip(layout.indices, layout.param_views)):
+                    leaves.update(zip(layout.indices, layout.detached_params([params[i].requires_grad
+                                                                              for i in layout.indices])))
+            new_params = [leaves[i] if i in leaves else p.detach().requires_grad_(old.requires_grad)
+                          for i, (p, old) in enumerate(zip(new_params, params))]
             self.detach_state()
         if self._fmodel is not None:
             self._fmodel.update_params(new_params)
@@ -638,7 +656,11 @@ class DifferentiableOptimizer:
     # -- graph and state management --------------------------------------------------------
     def detach_state(self) -> None:
         """Detach every state tensor, per parameter and per group, from the graph (test mode, truncation)."""
-        for state in [*self.param_state.values(), *self.group_state]:
+        store = self.param_state
+        if isinstance(store, StateStore):
+            for layout in store.pending.values():
+                layout.detach_state()
+        for state in [*(store.raw_values() if isinstance(store, StateStore) else store.values()), *self.group_state]:
             for key, value in state.items():
                 state[key] = _state_io.detached(value)
 

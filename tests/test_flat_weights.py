@@ -233,8 +233,19 @@ def test_buffers_are_reused_from_step_to_step_and_laid_out_again_when_replaced()
         with _CountCat() as mode:
             diffopt.step(loss)
         counts.append(mode.cats)
-    # reused: only the gradients are laid out; replaced weight: weights too; truncated: weights and both moments
-    assert counts == [1, 1, 2, 4]
+        assert sorted(diffopt.param_state[0]) == ["exp_avg", "exp_avg_sq", "step"]  # builds per-tensor views
+        loss = fmodel(x).pow(2).mean()
+        with _CountCat() as mode:
+            diffopt.step(loss)
+        counts.append(mode.cats)
+        diffopt.param_state[0]["exp_avg"] = diffopt.param_state[0]["exp_avg"] * 1.0  # a state tensor replaced
+        loss = fmodel(x).pow(2).mean()
+        with _CountCat() as mode:
+            diffopt.step(loss)
+        counts.append(mode.cats)
+    # reused: only the gradients are laid out; a weight replaced: the weights too; truncated: the weights (the
+    # flat state is detached where it is); state read: its views are reused; a state tensor replaced: that key
+    assert counts == [1, 1, 2, 2, 1, 2]
 
 
 def test_copy_to_truncate_export_state_and_test_mode_as_per_tensor():
@@ -245,10 +256,12 @@ def test_copy_to_truncate_export_state_and_test_mode_as_per_tensor():
         opt = adam(model)
         with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
             diffopt.flat_weights = flat
+            held = diffopt.param_state  # a reference held across steps shows the latest state
             for step in range(4):
                 diffopt.step(fmodel(x).pow(2).mean())
                 if step == 1:
                     diffopt.truncate()
+            assert held[0]["step"] == 4 and held is diffopt.param_state
             fmodel.copy_to(model)
             diffopt.export_state(opt)
         opt.zero_grad()
@@ -351,3 +364,29 @@ def test_state_that_cannot_be_laid_out_is_stepped_per_tensor():
     assert not _one_buffer(runs[True])
     for a, b in zip(runs[True], runs[False]):
         assert torch.equal(a, b)
+
+
+def test_every_way_of_reading_the_state_store_sees_the_laid_out_state():
+    import copy
+    import pickle
+
+    model = _model()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    # test mode: the state is detached, so deepcopy and pickle can copy its tensors
+    with higher_core.innerloop_ctx(model, adam(model), track_higher_grads=False) as (fmodel, diffopt):
+        for _ in range(2):
+            diffopt.step(fmodel(x).pow(2).mean())
+        store = diffopt.param_state
+        positions = list(range(4))
+        readings = {
+            "len": lambda: list(range(len(store))), "iter": lambda: sorted(store), "keys": lambda: sorted(store.keys()),
+            "items": lambda: sorted(i for i, _ in store.items()), "dict": lambda: sorted(dict(store)),
+            "unpack": lambda: sorted({**store}), "copy": lambda: sorted(store.copy()),
+            "deepcopy": lambda: sorted(copy.deepcopy(store)), "pickle": lambda: sorted(pickle.loads(pickle.dumps(store))),
+            "get": lambda: [i for i in positions if store.get(i) is not None], "in": lambda: [i for i in positions if i in store],
+        }
+        for name, read in readings.items():
+            diffopt.step(fmodel(x).pow(2).mean())  # lays the state out again
+            assert read() == positions, name
+        assert store[1]["step"] == 2 + len(readings)
+        assert type(copy.deepcopy(store)) is dict
