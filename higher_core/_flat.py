@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch._utils import _flatten_dense_tensors
 
 __all__ = ["FlatGroup", "flat_layout"]
 
@@ -76,9 +77,11 @@ class FlatGroup:
     def __init__(self, indices: Sequence[int], params: Sequence[torch.Tensor], lead: int) -> None:
         self.indices = tuple(indices)
         self.lead = lead
+        self.dtype = params[0].dtype
         self.shapes = [tuple(p.shape) for p in params]
         self.flat_shape = (*params[0].shape[:lead], -1)
         self.sizes = [math.prod(s[lead:]) for s in self.shapes]
+        self.one_call = lead == 0  # torch's flatten in one call: no task dimension only
         self.param_views: list[torch.Tensor] = []
         self.param_flat: torch.Tensor | None = None
         #: the last step's state: per-element tensors laid out, values shared by every tensor, in key order
@@ -91,15 +94,31 @@ class FlatGroup:
         """Whether this layout is the one of ``params`` at ``indices`` (positions and shapes)."""
         return self.indices == tuple(indices) and all(tuple(p.shape) == s for p, s in zip(params, self.shapes))
 
+    def holds(self, indices: Sequence[int], params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> bool:
+        """Whether ``params`` at ``indices`` are exactly the views of the last step, with gradients of their dtype.
+
+        Cheaper than :func:`flat_layout` (no shape or device is read): what the
+        last step laid out, it can lay out again.
+        """
+        views = self.param_views
+        return (self.indices == tuple(indices) and len(views) == len(params)
+                and all(p is v for p, v in zip(params, views)) and all(g.dtype is self.dtype for g in grads))
+
     def gather(self, tensors: Sequence[torch.Tensor], views: Sequence[torch.Tensor] = (),
                flat: torch.Tensor | None = None) -> torch.Tensor:
         """``tensors`` laid end to end: ``flat`` itself when they are exactly its ``views``, else a copy."""
         if flat is not None and len(views) == len(tensors) and all(a is b for a, b in zip(tensors, views)):
             return flat
+        if self.one_call:  # one C++ call: contiguous views concatenated (differentiable, backward a split)
+            return _flatten_dense_tensors(tensors)
         return torch.cat([t.reshape(self.flat_shape) for t in tensors], dim=self.lead)
 
     def scatter(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """Per-tensor views into ``flat``, shaped as the tensors laid out."""
+        """Per-tensor views into ``flat``, shaped as the tensors laid out.
+
+        One ``split`` (its backward is one ``cat``; a ``narrow`` per tensor would
+        backward into a zero-filled copy of the whole buffer per tensor).
+        """
         return [piece.view(shape) for piece, shape in zip(torch.split(flat, self.sizes, dim=self.lead), self.shapes)]
 
     def per_tensor_states(self) -> list[State]:

@@ -129,10 +129,10 @@ class DifferentiableOptimizer:
     #: Muon), ``"global"`` (couples tensors or groups: LBFGS, Prodigy). Batched
     #: tasks and flat fast weights read it; ``"global"`` is the safe default.
     scope: ClassVar[Scope] = "global"
-    #: Whether an element-wise rule steps each param group as one flat buffer
-    #: (:mod:`higher_core._flat`; same numbers, one kernel per operation instead of one
-    #: per tensor). Set False, on the class or on an instance before a step, to
-    #: step tensor by tensor: the reference the flat path is tested against.
+    #: Whether an element-wise rule steps each param group as one flat buffer, with
+    #: the same numbers and one kernel per operation instead of one per tensor (see
+    #: the plugin contract). Set False, on the class or on an instance, to step
+    #: tensor by tensor, the reference the flat path is tested against.
     flat_weights: ClassVar[bool] = True
     _legacy_update: ClassVar[bool] = False  # a higher-style ``_update(grouped_grads)`` subclass
 
@@ -417,13 +417,15 @@ class DifferentiableOptimizer:
 
     def _flat_layout(self, number: int, indices: list[int], params: list[torch.Tensor],
                      grads: list[torch.Tensor]) -> _flat.FlatGroup | None:
-        """Group ``number``'s flat layout if this step can lay it out (:mod:`higher_core._flat`), else ``None``."""
+        """Group ``number``'s flat layout if this step can lay it out (``higher_core._flat``), else ``None``."""
         if not self.flat_weights or self.scope != "element":
             return None
+        layout = self._flat_groups.get(number)
+        if layout is not None and layout.holds(indices, params, grads):
+            return layout
         lead = _flat.flat_layout(params, [self._shapes[i] for i in indices], grads)
         if lead is None:
             return None
-        layout = self._flat_groups.get(number)
         if layout is None or not layout.fits(indices, params):
             layout = self._flat_groups[number] = _flat.FlatGroup(indices, params, lead)
         return layout
