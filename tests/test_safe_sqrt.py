@@ -220,6 +220,20 @@ def test_torch_func_transforms():
     assert torch.equal(second(x[0]), torch.tensor([0.0, -1 / 32], dtype=F64))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's forward-AD setup
+def test_forward_mode_gives_derivative_zero_at_zero():
+    x = torch.tensor([0.0, 4.0, -1.0], dtype=F64)
+    ones, expected = torch.ones(3, dtype=F64), torch.tensor([0.0, 0.25, 0.0], dtype=F64)
+    for op in (safe_sqrt, _foreach_one):
+        assert torch.equal(torch.func.jvp(op, (x,), (ones,))[1], expected)
+        assert torch.equal(torch.func.jacfwd(op)(x), torch.diag(expected))
+        hessian = torch.func.hessian(lambda t, op=op: op(t).sum())(x)
+        assert torch.equal(hessian, torch.diag(torch.tensor([0.0, -1 / 32, 0.0], dtype=F64)))
+        with torch.autograd.forward_ad.dual_level():  # the tensor does not require grad
+            dual = torch.autograd.forward_ad.make_dual(x, ones)
+            assert torch.equal(torch.autograd.forward_ad.unpack_dual(op(dual)).tangent, expected)
+
+
 # -- through an optimizer -----------------------------------------------------------------
 
 
