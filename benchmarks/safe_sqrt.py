@@ -26,6 +26,8 @@ import torch
 from higher_core.functional import foreach_safe_sqrt, safe_sqrt
 
 Op = Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
+Key = tuple[str, str]  # (row, phase)
+PHASES = ("forward", "fwd+bwd", "fwd+2 bwd")
 
 
 def former_safe_sqrt(x: torch.Tensor) -> torch.Tensor:
@@ -77,14 +79,14 @@ def phases(op: Op, xs: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
         grads = torch.autograd.grad(op(xs), xs, vs, create_graph=True)
         return torch.autograd.grad(grads, xs, ws)
 
-    return {"forward": forward, "fwd+bwd": backward, "fwd+2 bwd": double_backward}
+    return dict(zip(PHASES, (forward, backward, double_backward)))
 
 
-def median_times(fns: dict[tuple[str, str], Callable[[], object]], repeats: int, number: int) -> dict[tuple[str, str], float]:
+def median_times(fns: dict[Key, Callable[[], object]], repeats: int, number: int) -> dict[Key, float]:
     """Median seconds per call of each function, the functions interleaved within every repeat."""
     for fn in fns.values():  # warm-up (and the allocator's growth) before any timing
         fn()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in fns}
+    times: dict[Key, list[float]] = {key: [] for key in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
             start = time.perf_counter()
@@ -105,12 +107,12 @@ def inputs(sizes: list[int], dtype: torch.dtype) -> list[torch.Tensor]:
 def table(title: str, ops: dict[str, Op], xs: list[torch.Tensor], repeats: int, number: int) -> None:
     fns = {(name, phase): fn for name, op in ops.items() for phase, fn in phases(op, xs).items()}
     timed = median_times(fns, repeats, number)
-    base_name, phase_names = next(iter(ops)), list(phases(next(iter(ops.values())), xs))
+    base = next(iter(ops))
     print(f"\n{title}")
-    print(f"{'':28s}" + "".join(f"{phase:>22s}" for phase in phase_names))
+    print(f"{'':28s}" + "".join(f"{phase:>22s}" for phase in PHASES))
     for name in ops:
-        cells = "".join(f"{timed[name, phase] * 1e3:10.2f} ms ({timed[name, phase] / timed[base_name, phase]:4.2f}x)"
-                        for phase in phase_names)
+        cells = "".join(f"{timed[name, phase] * 1e3:10.2f} ms ({timed[name, phase] / timed[base, phase]:4.2f}x)"
+                        for phase in PHASES)
         print(f"{name:28s}{cells}")
 
 

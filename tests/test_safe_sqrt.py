@@ -17,7 +17,8 @@ F64 = torch.float64
 
 # the masked form safe_sqrt had before it became one op, sqrt(x + shift) * mask: the benchmark's
 # baseline, and here the reference for the numbers that must not move
-_spec = importlib.util.spec_from_file_location("bench_safe_sqrt", Path(__file__).parents[1] / "benchmarks" / "safe_sqrt.py")
+_BENCH = Path(__file__).parents[1] / "benchmarks" / "safe_sqrt.py"
+_spec = importlib.util.spec_from_file_location("bench_safe_sqrt", _BENCH)
 _bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_bench)
 _former_safe_sqrt = _bench.former_safe_sqrt
