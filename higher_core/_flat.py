@@ -81,6 +81,7 @@ class FlatGroup:
         self.shapes = [tuple(p.shape) for p in params]
         self.flat_shape = (*params[0].shape[:lead], -1)
         self.sizes = [math.prod(s[lead:]) for s in self.shapes]
+        self.reshape = [len(s) != lead + 1 for s in self.shapes]  # a split piece of a vector has its shape
         self.one_call = lead == 0  # torch's flatten in one call: no task dimension only
         self.param_views: list[torch.Tensor] = []
         self.param_flat: torch.Tensor | None = None
@@ -119,7 +120,8 @@ class FlatGroup:
         One ``split`` (its backward is one ``cat``; a ``narrow`` per tensor would
         backward into a zero-filled copy of the whole buffer per tensor).
         """
-        return [piece.view(shape) for piece, shape in zip(torch.split(flat, self.sizes, dim=self.lead), self.shapes)]
+        pieces = torch.split(flat, self.sizes, dim=self.lead)
+        return [piece.view(shape) if reshape else piece for piece, shape, reshape in zip(pieces, self.shapes, self.reshape)]
 
     def per_tensor_states(self) -> list[State]:
         """The last step's state as one dict per tensor (views into the flat buffers)."""
