@@ -13,6 +13,7 @@ never modified.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -24,6 +25,14 @@ __all__ = ["deep_tree_copy", "shallow_tree_copy"]
 _MODULE_CONTAINERS = frozenset(
     name for name, value in nn.Module().__dict__.items() if isinstance(value, (dict, set))
 )
+
+
+# Exact types whose ``.copy()`` is ``copy.copy`` (without its generic __reduce_ex__ round trip).
+_PLAIN_CONTAINERS = (dict, set, OrderedDict)
+
+
+def _copy_container(value: Any) -> Any:
+    return value.copy() if type(value) in _PLAIN_CONTAINERS else copy.copy(value)
 
 
 def _copy_buffer(buf: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
@@ -48,7 +57,7 @@ def shallow_tree_copy(module: nn.Module, device: torch.device | str | None = Non
     state = {}
     for name, value in module.__dict__.items():
         if name in _MODULE_CONTAINERS:
-            value = copy.copy(value)
+            value = _copy_container(value)
         elif isinstance(value, (list, tuple)) and any(id(v) in own for v in value):
             value = type(value)(value) if isinstance(value, list) else tuple(value)
         state[name] = value
