@@ -50,13 +50,14 @@ class Plan:
         self.modules = modules
 
 
-_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_GLOBAL_HOOKS = tuple(getattr(_module_globals, f"_global{name}") for name in _HOOKS)
+_GLOBAL_HOOKS = (_module_globals._global_forward_hooks, _module_globals._global_forward_pre_hooks,
+                 _module_globals._global_backward_hooks, _module_globals._global_backward_pre_hooks)
 
 
 def _hooked(module: nn.Module) -> bool:
-    state = module.__dict__
-    return any(state.get(name) for name in _HOOKS)
+    """Whether a forward or backward hook is registered on ``module`` (its call would run them)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
 
 
 def plan(module: nn.Module, positions: dict[int, int]) -> Plan | None:
@@ -105,13 +106,17 @@ def run(planned: Plan, params: Sequence[torch.Tensor], x: torch.Tensor) -> torch
     tasks = x.shape[0]
     h = x
     for step in planned.steps:
-        if isinstance(step, tuple):
+        if type(step) is tuple:
             weight, bias = params[step[0]], step[1]
-            middle = h.shape[1:-1]
-            h = torch.bmm(h.reshape(tasks, -1, h.shape[-1]), weight.transpose(1, 2))
+            if h.dim() == 3:  # [T, M, in] already: no reshapes (each one more node in every backward)
+                h = torch.bmm(h, weight.transpose(1, 2))
+            else:
+                middle = h.shape[1:-1]
+                h = torch.bmm(h.reshape(tasks, -1, h.shape[-1]), weight.transpose(1, 2))
+                h = h.reshape(tasks, *middle, h.shape[-1])
             if bias is not None:
-                h = h + params[bias].unsqueeze(1)
-            h = h.reshape(tasks, *middle, h.shape[-1])
+                h = h + (params[bias].unsqueeze(1) if h.dim() == 3 else
+                         params[bias].view(tasks, *[1] * (h.dim() - 2), -1))
         else:
-            h = step(h)
+            h = step.forward(h)  # the module's own forward; the hooks it skips are checked absent above
     return h
