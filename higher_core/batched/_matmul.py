@@ -1,22 +1,24 @@
-"""The batched forward of an MLP without ``vmap``: ``nn.Linear`` as batched matrix products.
+r"""The batched forward of an MLP without ``vmap``: ``nn.Linear`` as batched matrix products.
 
 ``torch.func.vmap`` sets itself up at every call and batches ``F.linear`` as a
 broadcast matrix product followed by an add; for a small MLP that costs several
-times the maths (the sine MAML of ``examples/maml_sine.py``: a forward of 10
-tasks takes about 1 ms under ``vmap``, 0.1 ms as below). A module tree made
-only of ``nn.Sequential``, ``nn.Linear`` and the element-wise activations of
-:data:`ELEMENTWISE` (exact types: a subclass may change ``forward``), with no
-hook (on a module, or global) and no buffer, is run here directly on the
-stacked tensors, with the ops ``vmap``'s rule emits:
+times the maths (the demo's MLP, 10 tasks, one thread: a forward takes 1.1 ms
+under ``vmap``, 0.15 ms here). A module tree made only of ``nn.Sequential``,
+``nn.Linear`` and the activations of :data:`ELEMENTWISE` (exact types: a
+subclass may change ``forward``), with no hook (on a module, or global) and no
+buffer, runs here directly on the stacked tensors, with the ops ``vmap``'s rule
+emits:
 
 .. math::
 
-    h_t \\mapsto h_t W_t^\\top + b_t \\quad\\text{for every task } t
-    \\qquad (\\texttt{bmm}([T, M, \\text{in}], [T, \\text{in}, \\text{out}]) + b[:, \\text{None}])
+    h_t \mapsto h_t W_t^\top + b_t \ \text{for every task } t:\quad
+    \mathrm{bmm}(h, W^\top) + b[:, \mathrm{None}],\
+    h: [T, M, \mathrm{in}],\ W: [T, \mathrm{out}, \mathrm{in}],\ b: [T, \mathrm{out}]
 
 and each activation on the stacked tensor, whose task dimension is one more
 batch dimension to an element-wise function. Anything else runs under ``vmap``
-as before (:class:`~higher_core.batched.BatchedPatchedModule`).
+as before (:class:`~higher_core.batched.BatchedPatchedModule`). The activations
+have no train/eval behaviour, so the plan does not depend on the mode.
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ def plan(module: nn.Module, positions: dict[int, int]) -> Plan | None:
     Args:
         module: the module (tree) to run; its parameters must be the ones ``positions`` lists.
         positions: ``id(parameter)`` to its position in the fast weights.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        >>> planned = plan(net, {id(p): i for i, p in enumerate(net.parameters())})
+        >>> planned.steps[0], planned.steps[2]
+        ((0, 1), (2, 3))
+        >>> fast = [p.expand(3, *p.shape) for p in net.parameters()]   # 3 tasks
+        >>> run(planned, fast, torch.randn(3, 10, 1)).shape
+        torch.Size([3, 10, 1])
     """
     steps: list[Step] = []
     modules: list[nn.Module] = []
@@ -83,7 +95,7 @@ def plan(module: nn.Module, positions: dict[int, int]) -> Plan | None:
             weight, bias = sub._parameters.get("weight"), sub._parameters.get("bias")
             if weight is None or id(weight) not in positions or (bias is not None and id(bias) not in positions):
                 return False
-            if "weight" in sub.__dict__ or "bias" in sub.__dict__:  # a plain attribute shadowing nothing: odd
+            if "weight" in sub.__dict__ or "bias" in sub.__dict__:  # an attribute that forward would read instead
                 return False
             steps.append((positions[id(weight)], None if bias is None else positions[id(bias)]))
             return True
