@@ -93,7 +93,8 @@ def test_the_module_copy_owns_its_containers():
     model = _mlp()
     model[0].__dict__["_forward_hooks"] = type("Hooks", (OrderedDict,), {})()
     copied = shallow_tree_copy(model)
-    assert type(copied[0]._forward_hooks).__name__ == "Hooks" and copied[0]._forward_hooks is not model[0]._forward_hooks
+    hooks = copied[0]._forward_hooks
+    assert type(hooks).__name__ == "Hooks" and hooks is not model[0]._forward_hooks
     copied[0].register_forward_hook(lambda module, args, out: None)
     copied.register_parameter("extra", nn.Parameter(torch.zeros(1, dtype=DT)))
     copied.append(nn.Identity())

@@ -191,7 +191,8 @@ class BatchedPatchedModule(nn.Module):
         """How the forward runs the tasks, ``"vmap"`` (one batched pass) or ``"loop"``.
 
         In ``"vmap"`` mode an MLP runs as batched matrix products rather than
-        under ``torch.func.vmap`` (same ops, same numbers; see the module docstring). It turns to ``"loop"`` by itself after a forward that ``vmap`` could not
+        under ``torch.func.vmap`` (same ops, same numbers; see the module
+        docstring). It turns to ``"loop"`` by itself after a forward that ``vmap`` could not
         batch (``fallback_reason`` says why); set it to ``"loop"`` where the
         loop is faster (convolutions on the CPU, see README "Batched tasks"),
         or back to ``"vmap"``. The numbers are the same either way.
