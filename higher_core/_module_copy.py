@@ -13,6 +13,7 @@ never modified.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -21,9 +22,11 @@ from torch import nn
 __all__ = ["deep_tree_copy", "shallow_tree_copy"]
 
 # nn.Module's own containers (parameters, buffers, children, hooks): private to each copy.
-_MODULE_CONTAINERS = frozenset(
+_MODULE_CONTAINERS = tuple(
     name for name, value in nn.Module().__dict__.items() if isinstance(value, (dict, set))
 )
+# Exact types whose ``.copy()`` is ``copy.copy`` (without its generic __reduce_ex__ round trip).
+_PLAIN_CONTAINERS = (dict, set, OrderedDict)
 
 
 def _copy_buffer(buf: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
@@ -44,14 +47,16 @@ def shallow_tree_copy(module: nn.Module, device: torch.device | str | None = Non
         return memo[id(module)]
     clone = type(module).__new__(type(module))
     memo[id(module)] = clone
+    state = module.__dict__.copy()
+    for name in _MODULE_CONTAINERS:
+        if name in state:
+            value = state[name]
+            state[name] = value.copy() if type(value) in _PLAIN_CONTAINERS else copy.copy(value)
     own = {id(p) for p in module._parameters.values() if p is not None}
-    state = {}
-    for name, value in module.__dict__.items():
-        if name in _MODULE_CONTAINERS:
-            value = copy.copy(value)
-        elif isinstance(value, (list, tuple)) and any(id(v) in own for v in value):
-            value = type(value)(value) if isinstance(value, list) else tuple(value)
-        state[name] = value
+    if own:
+        for name, value in state.items():
+            if isinstance(value, (list, tuple)) and any(id(v) in own for v in value):
+                state[name] = type(value)(value) if isinstance(value, list) else tuple(value)
     object.__setattr__(clone, "__dict__", state)
     for name, buf in module._buffers.items():
         if buf is not None:

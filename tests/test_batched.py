@@ -9,7 +9,7 @@ from torch.nn.functional import mse_loss
 
 import higher_core
 from higher_core._optimizer import DifferentiableOptimizer
-from higher_core.batched import BatchingError
+from higher_core.batched import BatchingError, _matmul
 from higher_core.testing import NotApplicable, installed_conformance
 from higher_core.testing._batched_check import check_batched
 
@@ -321,3 +321,36 @@ def test_conv_on_cpu_runs_the_forward_as_a_loop_with_the_numbers_of_vmap():
         torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=ATOL)
     with pytest.raises(ValueError, match="batching must be 'vmap' or 'loop'"):
         fmodel.batching = "threads"
+
+
+_ACTIVATIONS = sorted(_matmul.ELEMENTWISE, key=lambda t: t.__name__)
+
+
+@pytest.mark.parametrize("activation", _ACTIVATIONS, ids=[t.__name__ for t in _ACTIVATIONS])
+@pytest.mark.parametrize("shape", [(2,), (5, 2), (3, 5, 2)], ids=["1d", "2d", "3d"])
+def test_mlp_runs_without_vmap_with_the_per_task_numbers(activation, shape):
+    """A Sequential of Linear layers and an element-wise activation runs as batched matrix products
+    (no vmap); outputs and gradients equal each task's own forward, for inputs of any rank, bias or not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 5), activation(), nn.Sequential(nn.Linear(5, 3, bias=False)),
+                          activation(), nn.Linear(3, 1)).double()
+    fmodel = higher_core.monkeypatch(model, tasks=T)
+    assert fmodel._plan is not None and fmodel.batching == "vmap"
+    x = torch.randn(T, *shape, dtype=DT)
+    fast = [p.detach().clone().requires_grad_() for p in fmodel.fast_params]
+    out = fmodel(x, params=fast)
+    names = [name for name, _ in model.named_parameters()]
+    own = [torch.func.functional_call(model, dict(zip(names, [p[t] for p in fast])), (x[t],)) for t in range(T)]
+    for t in range(T):
+        torch.testing.assert_close(out[t], own[t], rtol=RTOL, atol=ATOL)
+    for ours, theirs in zip(torch.autograd.grad(out.pow(2).sum(), fast),
+                            torch.autograd.grad(sum(o.pow(2).sum() for o in own), fast)):
+        torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=ATOL)
+
+
+def test_mlp_without_vmap_keeps_the_modules_errors():
+    """A wrong input width raises what the module's own forward raises, as under vmap."""
+    fmodel = higher_core.monkeypatch(_mlp(), tasks=T)
+    assert fmodel._plan is not None
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        fmodel(torch.randn(T, 5, 3, dtype=DT))
