@@ -20,7 +20,14 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import higher_core
+from higher_core import _flat
 from higher_core.optim import DifferentiableOptimizer
+
+
+@pytest.fixture(autouse=True)
+def _small_groups_lay_out(monkeypatch):
+    """The tests' models are small: lay out groups of two tensors or more (the threshold has its own test)."""
+    monkeypatch.setattr(_flat, "MIN_TENSORS", 2)
 
 
 def _model(dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -390,3 +397,13 @@ def test_every_way_of_reading_the_state_store_sees_the_laid_out_state():
             assert read() == positions, name
         assert store[1]["step"] == 2 + len(readings)
         assert type(copy.deepcopy(store)) is dict
+
+
+def test_groups_below_the_threshold_are_stepped_per_tensor(monkeypatch):
+    monkeypatch.setattr(_flat, "MIN_TENSORS", 5)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    for layers, laid_out in ((2, False), (3, True)):  # 4 tensors, then 6
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(3, 3) for _ in range(layers)]).double()
+        with higher_core.innerloop_ctx(model, adam(model)) as (fmodel, diffopt):
+            assert _one_buffer(diffopt.step(fmodel(x).pow(2).mean())) == laid_out

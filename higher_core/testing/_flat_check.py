@@ -24,8 +24,8 @@ from higher_core.testing._table import OptimizerInfo, OptimizerInput
 
 __all__ = ["FLAT_SHAPES", "check_flat_weights"]
 
-#: parameter shapes of the check: group 0 lays the first three out flat, the last is group 1
-FLAT_SHAPES: tuple[tuple[int, ...], ...] = ((5, 7), (13,), (2, 3, 3), (4,))
+#: parameter shapes of the check: group 0 lays out the first nine (at least ``MIN_TENSORS``), the last is group 1
+FLAT_SHAPES: tuple[tuple[int, ...], ...] = ((5, 7), (13,), (2, 3, 3), (4,), (3, 1), (1,), (2, 2), (17,), (3, 5), (4,))
 META_GRADIENT_RTOL = 1e-12
 
 
