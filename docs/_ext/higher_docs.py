@@ -319,6 +319,7 @@ README_PAGES = {
     "migrating": ("migrating",),
     "plugin-guide": ("write your own plugin", "plugin"),
     "batched-tasks": ("batched", "tasks="),
+    "flat-weights": ("flat fast weights",),
     "several-processes": ("several processes", "distributed"),
     "implicit": ("implicit",),
     "tests": ("tests",),
