@@ -407,3 +407,23 @@ def test_groups_below_the_threshold_are_stepped_per_tensor(monkeypatch):
         model = nn.Sequential(*[nn.Linear(3, 3) for _ in range(layers)]).double()
         with higher_core.innerloop_ctx(model, adam(model)) as (fmodel, diffopt):
             assert _one_buffer(diffopt.step(fmodel(x).pow(2).mean())) == laid_out
+
+
+def test_a_plain_dict_assigned_to_param_state_is_filled_by_flat_steps():
+    runs = {}
+    for flat in (True, False):
+        model = _model()
+        x = torch.randn(4, 3, dtype=torch.float64)
+        with higher_core.innerloop_ctx(model, adam(model)) as (fmodel, diffopt):
+            diffopt.flat_weights = flat
+            diffopt.step(fmodel(x).pow(2).mean())
+            diffopt.param_state = dict(diffopt.param_state)  # a plain dict, as a user may assign one
+            diffopt.step(fmodel(x).pow(2).mean())
+            runs[flat] = (type(diffopt.param_state), diffopt.param_state, list(fmodel.parameters()))
+    (kind, state, weights), (_, reference_state, reference) = runs[True], runs[False]
+    assert kind is dict and _one_buffer(weights)
+    for a, b in zip(weights, reference):
+        assert torch.equal(a, b)
+    for i, expected in reference_state.items():
+        assert state[i]["step"] == expected["step"] == 2
+        assert torch.equal(state[i]["exp_avg_sq"], expected["exp_avg_sq"])
