@@ -33,12 +33,17 @@ K = 10
 INNER_LR = 0.01
 
 
+# Each task's row of U[0, 1) draws maps to amplitude (row 0), phase (row 1) and inputs: offset + scale * u.
+_AFFINE = {dtype: (torch.tensor([0.1, 0.0] + [-5.0] * (2 * K), dtype=dtype).unsqueeze(-1),
+                   torch.tensor([4.9, math.pi] + [10.0] * (2 * K), dtype=dtype).unsqueeze(-1))
+           for dtype in (torch.float32, torch.float64)}
+
+
 def _tasks_from_uniform(u: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Tasks from U[0, 1) draws shaped (n, 2K + 2, 1): support and query inputs and targets, (n, K, 1)."""
-    amplitude = 0.1 + 4.9 * u[:, :1]
-    phase = math.pi * u[:, 1:2]
-    x = -5.0 + 10.0 * u[:, 2:]
-    y = amplitude * torch.sin(x - phase)
+    v = torch.addcmul(*_AFFINE[u.dtype][:1], u, _AFFINE[u.dtype][1])
+    x = v[:, 2:]
+    y = v[:, :1] * torch.sin(x - v[:, 1:2])
     return x[:, :K], y[:, :K], x[:, K:], y[:, K:]
 
 
@@ -48,18 +53,21 @@ def sample_tasks(n: int, generator: torch.Generator, dtype: torch.dtype = torch.
 
 
 def sample_meta_batch(seed: int, iteration: int, tasks: range, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """Tasks ``tasks`` of meta-iteration ``iteration``, each drawn from its own seed.
+    """Tasks ``tasks`` of meta-iteration ``iteration``: rows of one draw seeded by ``(seed, iteration)``.
 
-    Task ``i`` depends only on ``(seed, iteration, i)``, so the meta-batch of one
-    process is the concatenation of the shares of several.
+    Task ``i`` is row ``i`` of the draw (torch's CPU generator fills a tensor in
+    order, so the first rows do not depend on how many follow): it depends only
+    on ``(seed, iteration, i)``, and the meta-batch of one process is the
+    concatenation of the shares of several.
     """
-    generators = [torch.Generator().manual_seed(task_seed(seed, iteration, i)) for i in tasks]
-    return _tasks_from_uniform(torch.cat([torch.rand(1, 2 * K + 2, 1, dtype=dtype, generator=g) for g in generators]))
+    generator = torch.Generator().manual_seed(iteration_seed(seed, iteration))
+    draws = torch.rand(tasks.stop, 2 * K + 2, 1, dtype=dtype, generator=generator)
+    return _tasks_from_uniform(draws[tasks.start:])
 
 
-def task_seed(seed: int, iteration: int, task: int) -> int:
-    """A 32-bit seed for one task (torch's CPU generator keeps only 32 bits of a seed)."""
-    return int.from_bytes(hashlib.blake2b(f"{seed},{iteration},{task}".encode(), digest_size=4).digest(), "little")
+def iteration_seed(seed: int, iteration: int) -> int:
+    """A 32-bit seed for one meta-iteration (torch's CPU generator keeps only 32 bits of a seed)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed},{iteration}".encode(), digest_size=4).digest(), "little")
 
 
 def make_net() -> nn.Module:

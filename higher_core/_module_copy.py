@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["deep_tree_copy", "shallow_tree_copy"]
+__all__ = ["deep_tree_copy", "named_tensors", "shallow_tree_copy"]
 
 # nn.Module's own containers (parameters, buffers, children, hooks): private to each copy.
 _MODULE_CONTAINERS = tuple(
@@ -67,6 +67,39 @@ def shallow_tree_copy(module: nn.Module, device: torch.device | str | None = Non
         if child is not None:
             state["_modules"][name] = shallow_tree_copy(child, device, memo)
     return clone
+
+
+def named_tensors(module: nn.Module) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
+    """``(list(module.named_parameters()), list(module.named_buffers()))`` in one walk of the tree.
+
+    The same names and order: submodules in pre-order, a submodule or tensor
+    reached twice listed once, under its first name.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> params, buffers = named_tensors(net)
+        >>> [n for n, _ in params], [n for n, _ in buffers]
+        (['0.weight', '0.bias', '1.weight', '1.bias'], ['1.running_mean', '1.running_var', '1.num_batches_tracked'])
+    """
+    params: list[tuple[str, torch.Tensor]] = []
+    buffers: list[tuple[str, torch.Tensor]] = []
+    seen_modules: set[int] = set()
+    seen_params: set[int] = set()
+    seen_buffers: set[int] = set()  # a memo each, as the two methods keep
+
+    def visit(sub: nn.Module, prefix: str) -> None:
+        seen_modules.add(id(sub))
+        for members, out, seen in ((sub._parameters, params, seen_params), (sub._buffers, buffers, seen_buffers)):
+            for name, tensor in members.items():
+                if tensor is not None and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    out.append((prefix + name, tensor))
+        for name, child in sub._modules.items():
+            if child is not None and id(child) not in seen_modules:
+                visit(child, f"{prefix}{name}.")
+
+    visit(module, "")
+    return params, buffers
 
 
 def deep_tree_copy(module: nn.Module, memo: dict[int, Any]) -> nn.Module:

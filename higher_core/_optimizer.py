@@ -221,7 +221,7 @@ class DifferentiableOptimizer:
         #: each parameter's state (``torch.optim``'s keys), by its position; absent before its first step
         self.param_state: dict[int, State] = StateStore()
         self._flat_groups: dict[int, _flat.FlatGroup] = {}  # by group number: the layout of its last flat step
-        for i, p in enumerate(reference):
+        for i, p in enumerate(reference if other.state else ()):  # (no state yet: nothing to import)
             existing = other.state.get(p)
             if existing:
                 imported = self.import_state(existing, device)

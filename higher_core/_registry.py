@@ -9,6 +9,8 @@ optimizer resolves to its nearest registered base class, with a
 
 from __future__ import annotations
 
+import functools
+
 import types
 import warnings
 from typing import Any
@@ -171,6 +173,7 @@ def resolve(optim_type: type) -> type[DifferentiableOptimizer]:
     return diff_type
 
 
+@functools.lru_cache(maxsize=256)
 def qualified_name(t: type) -> str:
     """``torch.optim.Adam`` for torch's optimizers, ``module.Qualname`` otherwise."""
     module = t.__module__

@@ -29,6 +29,8 @@ def check_no_duplicates(groups: Sequence[Sequence[int]], shapes: Sequence[tuple[
     values is the fast weight, so it is refused here.
     """
     for number, positions in enumerate(groups):
+        if len(set(positions)) == len(positions):
+            continue
         seen: set[int] = set()
         for i in positions:
             if i in seen:

@@ -135,6 +135,7 @@ class PatchedModule(nn.Module):
                 sub.register_forward_hook(_rnn_cudnn_restore, always_call=True)
         meta = [(p.shape, p.dtype, device_of(p.device, device)) for p in reference]
         self._setup(patched, paths, meta, track_higher_grads, device)
+        self.__dict__["_reference_params"] = reference  # the module's own, in order (no second walk)
 
     def _setup(self, patched: nn.Module, paths: list[list[str]], meta: list[Meta],
                track_higher_grads: bool, device: torch.device | None) -> None:
@@ -495,10 +496,10 @@ _MonkeyPatchBase = PatchedModule
 """The old ``higher`` name of the patched-module type."""
 
 
-def _initial_fast_weights(module: nn.Module, device: torch.device | str | None,
+def _initial_fast_weights(params: list[torch.Tensor], device: torch.device | str | None,
                           copy_initial_weights: bool) -> list[torch.Tensor]:
     weights = []
-    for p in module.parameters():
+    for p in params:
         if copy_initial_weights:
             weights.append(p.detach().to(device=device, copy=True).requires_grad_(p.requires_grad))
         else:  # a non-leaf alias (as higher's clone, without the copy): gradients reach p
@@ -589,7 +590,7 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
         return BatchedPatchedModule(module, tasks, device=device, copy_initial_weights=copy_initial_weights,
                                     track_higher_grads=track_higher_grads)  # type: ignore[return-value]
     fmodule = PatchedModule(module, device=device, track_higher_grads=track_higher_grads)
-    initial = _initial_fast_weights(module, device, copy_initial_weights)
+    initial = _initial_fast_weights(fmodule.__dict__["_reference_params"], device, copy_initial_weights)
     fmodule.update_params(initial)
     fmodule.__dict__["_initial"] = initial
     return fmodule

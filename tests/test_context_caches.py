@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 import higher_core
-from higher_core._module_copy import shallow_tree_copy
+from higher_core._module_copy import named_tensors, shallow_tree_copy
 
 DT = torch.float64
 T = 3
@@ -102,3 +102,20 @@ def test_the_module_copy_owns_its_containers():
     assert not model[0]._forward_hooks and "extra" not in model._parameters and len(model) == 3
     assert not copied[2]._forward_pre_hooks and len(copied) == 4
     assert copied[0].weight is model[0].weight and copied[0].in_features == 2  # parameters and plain attributes shared
+
+
+def test_named_tensors_is_named_parameters_and_named_buffers_in_one_walk():
+    """Names and order as the two nn.Module methods give them: a shared submodule and a shared tensor listed
+    once under their first name, None entries skipped, a tensor that is a parameter in one module and a
+    buffer in another listed in both."""
+    shared = nn.Linear(2, 2)
+    tied = nn.Parameter(torch.zeros(2))
+    model = nn.Sequential(shared, nn.BatchNorm1d(2), nn.Sequential(shared, nn.Linear(2, 3, bias=False)), shared)
+    model.register_parameter("tied", tied)
+    model[2][1].register_parameter("again", tied)
+    model[1].register_buffer("absent", None)
+    model[2].register_buffer("as_buffer", shared.weight)
+    params, buffers = named_tensors(model)
+    assert params == list(model.named_parameters()) and buffers == list(model.named_buffers())
+    assert [n for n, _ in params] == ["tied", "0.weight", "0.bias", "1.weight", "1.bias", "2.1.weight"]
+    assert "2.as_buffer" in [n for n, _ in buffers]

@@ -43,7 +43,7 @@ def innerloop(model: nn.Module, opt: torch.optim.Optimizer, tasks: int, device: 
     diff_type = resolve(type(opt))  # fail before copying the model
     fmodel = BatchedPatchedModule(model, tasks, device=device, copy_initial_weights=copy_initial_weights,
                                   track_higher_grads=track_higher_grads)
-    diffopt = BatchedDifferentiableOptimizer(diff_type, opt, model.parameters(), tasks, fmodel=fmodel,
+    diffopt = BatchedDifferentiableOptimizer(diff_type, opt, fmodel._reference_params, tasks, fmodel=fmodel,
                                              device=device, override=override,
                                              track_higher_grads=track_higher_grads, **kwargs)
     return fmodel, diffopt

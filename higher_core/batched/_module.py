@@ -31,7 +31,7 @@ from torch.func import functional_call, vmap
 from torch.utils import _pytree as pytree
 
 from higher_core._boundary import check_bool
-from higher_core._module_copy import shallow_tree_copy
+from higher_core._module_copy import named_tensors, shallow_tree_copy
 from higher_core.batched import _matmul
 
 __all__ = ["BatchedPatchedModule"]
@@ -90,15 +90,15 @@ class BatchedPatchedModule(nn.Module):
                  copy_initial_weights: bool = True, track_higher_grads: bool = True) -> None:
         super().__init__()
         tasks = _check_tasks(tasks)
-        named = list(module.named_parameters())
+        named, named_buffers = named_tensors(module)
         params = [p for _, p in named]
-        named_buffers = list(module.named_buffers())
         d = self.__dict__
         d["tasks"] = tasks
         # A private copy, so that train()/eval() do not reach the original (plain attributes shared,
         # as for the unbatched patched module); every call swaps our tensors in.
         d["_module"] = copied = shallow_tree_copy(module)
         d["_param_names"] = [name for name, _ in named]
+        d["_reference_params"] = params  # the module's own, in order: what the optimizer is matched against
         d["_param_shapes"] = [tuple(p.shape) for p in params]
         d["_buffer_names"] = [name for name, _ in named_buffers]
         d["_task_buffers"] = [b.detach().to(device=device, copy=True).unsqueeze(0).repeat(tasks, *[1] * b.dim())
