@@ -6,7 +6,7 @@ others (query). MAML meta-learns initial weights from which a few SGD steps on
 the support set fit the task; the baseline pre-trains the same network on all
 tasks jointly and fine-tunes it the same way.
 
-Run:  python examples/maml_sine.py   (meta-training in about 17 s on one CPU core)
+Run:  python examples/maml_sine.py   (meta-training in 11-20 s on one CPU core)
       python examples/maml_sine.py --plot maml_sine.png   (Finn et al. 2017, Fig. 2; needs matplotlib)
       torchrun --nproc_per_node=2 examples/maml_sine.py --distributed   (the meta-batch split in 2)
 """
