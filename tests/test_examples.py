@@ -25,11 +25,23 @@ def _run(script: str, *args: str) -> list[str]:
     return done.stdout.splitlines()
 
 
+def _assert_drawn(figure: Path, min_ink: float) -> None:
+    """A PNG with something drawn on it: many colours and at least ``min_ink`` of its pixels not white."""
+    from PIL import Image  # matplotlib's own dependency
+
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(figure) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
+        pixels = image.width * image.height
+    assert len(colours) >= 16, f"{len(colours)} colours: an empty canvas?"
+    white = sum(count for count, colour in colours if colour == (255, 255, 255))
+    assert 1 - white / pixels >= min_ink, f"only {1 - white / pixels:.1%} of the pixels are drawn on"
+
+
 def test_maml_sine_plot(tmp_path):
     figure = tmp_path / "sine.png"
     lines = _run("maml_sine.py", "--iterations", "2", "--meta-batch", "2", "--test-tasks", "3", "--plot", str(figure))
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert figure.stat().st_size > 20_000  # three panels per row, two rows and a curve: not an empty canvas
+    _assert_drawn(figure, min_ink=0.04)  # six panels of fits and a curve (the full run's figure: 8%)
     assert lines[-1].startswith("checksum "), lines  # the checksum stays the last line
     assert not any("\r" in line or "meta-training [" in line for line in lines)  # no progress bar into a pipe
 
@@ -38,7 +50,7 @@ def test_omniglot_shaped_smoke(tmp_path):
     figure = tmp_path / "omniglot.png"
     lines = _run("omniglot_shaped.py", "--iterations", "1", "--meta-batch", "1", "--test-tasks", "1",
                  "--plot", str(figure))
-    assert figure.stat().st_size > 10_000
+    _assert_drawn(figure, min_ink=0.10)  # three groups of bars (22% of the pixels)
     assert any("accuracy" in line for line in lines), lines
 
 
