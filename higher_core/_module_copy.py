@@ -69,11 +69,16 @@ def shallow_tree_copy(module: nn.Module, device: torch.device | str | None = Non
     return clone
 
 
+# What named_parameters() and named_buffers() call on the root module: overriding one changes the listing.
+_LISTING_METHODS = ("named_parameters", "named_buffers", "named_modules", "_named_members", "parameters")
+
+
 def named_tensors(module: nn.Module) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
     """``(list(module.named_parameters()), list(module.named_buffers()))`` in one walk of the tree.
 
     The same names and order: submodules in pre-order, a submodule or tensor
-    reached twice listed once, under its first name.
+    reached twice listed once, under its first name. A module whose class
+    overrides one of the listing methods is asked through them.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
@@ -81,6 +86,8 @@ def named_tensors(module: nn.Module) -> tuple[list[tuple[str, torch.Tensor]], li
         >>> [n for n, _ in params], [n for n, _ in buffers]
         (['0.weight', '0.bias', '1.weight', '1.bias'], ['1.running_mean', '1.running_var', '1.num_batches_tracked'])
     """
+    if any(getattr(type(module), name) is not getattr(nn.Module, name) for name in _LISTING_METHODS):
+        return list(module.named_parameters()), list(module.named_buffers())  # the module's own listing
     params: list[tuple[str, torch.Tensor]] = []
     buffers: list[tuple[str, torch.Tensor]] = []
     seen_modules: set[int] = set()

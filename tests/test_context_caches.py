@@ -119,3 +119,20 @@ def test_named_tensors_is_named_parameters_and_named_buffers_in_one_walk():
     assert params == list(model.named_parameters()) and buffers == list(model.named_buffers())
     assert [n for n, _ in params] == ["tied", "0.weight", "0.bias", "1.weight", "1.bias", "2.1.weight"]
     assert "2.as_buffer" in [n for n, _ in buffers]
+
+
+def test_named_tensors_asks_a_module_that_overrides_its_listing():
+    """A module whose class overrides named_parameters (here: hiding a parameter) is listed through it, as
+    before: the batched module and its optimizer see what the module's own listing shows."""
+
+    class Hiding(nn.Sequential):
+        def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+            for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
+                if name != "1.bias":
+                    yield name, p
+
+    model = Hiding(nn.Linear(2, 4), nn.Linear(4, 1)).double()
+    params, buffers = named_tensors(model)
+    assert [n for n, _ in params] == ["0.weight", "0.bias", "1.weight"] and buffers == []
+    fmodel = higher_core.monkeypatch(model, tasks=T)
+    assert [tuple(p.shape) for p in fmodel.fast_params] == [(T, 4, 2), (T, 4), (T, 1, 4)]
