@@ -57,11 +57,14 @@ def _parameters_to_attributes(copy_: nn.Module, params: list[torch.Tensor]) -> l
 
 def _bind_slots(copy_: nn.Module, paths: list[list[str]]) -> list[list[_Slot]]:
     slots = []
+    owners: dict[str, nn.Module] = {"": copy_}  # a weight and its bias share their module: look it up once
     for names in paths:
         owned = []
         for path in names:
             owner, _, name = path.rpartition(".")
-            sub = copy_.get_submodule(owner)
+            sub = owners.get(owner)
+            if sub is None:
+                sub = owners[owner] = copy_.get_submodule(owner)
             owned.append((sub.__dict__, sub._parameters, name))
         slots.append(owned)
     return slots
@@ -129,12 +132,11 @@ class PatchedModule(nn.Module):
         reference = list(module.parameters())
         patched = shallow_tree_copy(module, device)
         paths = _parameters_to_attributes(patched, reference)
-        for sub in patched.modules():
-            if isinstance(sub, nn.RNNBase):
-                sub.register_forward_pre_hook(_rnn_cudnn_off)
-                sub.register_forward_hook(_rnn_cudnn_restore, always_call=True)
         meta = [(p.shape, p.dtype, device_of(p.device, device)) for p in reference]
         self._setup(patched, paths, meta, track_higher_grads, device)
+        for rnn in self.__dict__["_rnns"]:
+            rnn.register_forward_pre_hook(_rnn_cudnn_off)
+            rnn.register_forward_hook(_rnn_cudnn_restore, always_call=True)
         self.__dict__["_reference_params"] = reference  # the module's own, in order (no second walk)
 
     def _setup(self, patched: nn.Module, paths: list[list[str]], meta: list[Meta],
