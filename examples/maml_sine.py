@@ -41,7 +41,8 @@ _AFFINE = {dtype: (torch.tensor([0.1, 0.0] + [-5.0] * (2 * K), dtype=dtype).unsq
 
 def _tasks_from_uniform(u: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Tasks from U[0, 1) draws shaped (n, 2K + 2, 1): support and query inputs and targets, (n, K, 1)."""
-    v = torch.addcmul(*_AFFINE[u.dtype][:1], u, _AFFINE[u.dtype][1])
+    offset, scale = _AFFINE[u.dtype]
+    v = torch.addcmul(offset, u, scale)
     x = v[:, 2:]
     y = v[:, :1] * torch.sin(x - v[:, 1:2])
     return x[:, :K], y[:, :K], x[:, K:], y[:, K:]

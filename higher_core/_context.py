@@ -77,6 +77,6 @@ def innerloop_ctx(
         return
     fmodel = monkeypatch(model, device=device, copy_initial_weights=copy_initial_weights,
                          track_higher_grads=track_higher_grads)
-    diffopt = diff_type(opt, fmodel.__dict__["_reference_params"], fmodel=fmodel, device=device, override=override,
+    diffopt = diff_type(opt, fmodel._reference_params, fmodel=fmodel, device=device, override=override,
                         track_higher_grads=track_higher_grads, **kwargs)
     yield fmodel, diffopt

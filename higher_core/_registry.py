@@ -10,7 +10,6 @@ optimizer resolves to its nearest registered base class, with a
 from __future__ import annotations
 
 import functools
-
 import types
 import warnings
 from typing import Any

@@ -592,7 +592,7 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
         return BatchedPatchedModule(module, tasks, device=device, copy_initial_weights=copy_initial_weights,
                                     track_higher_grads=track_higher_grads)  # type: ignore[return-value]
     fmodule = PatchedModule(module, device=device, track_higher_grads=track_higher_grads)
-    initial = _initial_fast_weights(fmodule.__dict__["_reference_params"], device, copy_initial_weights)
+    initial = _initial_fast_weights(fmodule._reference_params, device, copy_initial_weights)
     fmodule.update_params(initial)
     fmodule.__dict__["_initial"] = initial
     return fmodule
