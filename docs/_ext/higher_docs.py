@@ -266,7 +266,9 @@ def write_plugin_page() -> None:
 # -- README sections ----------------------------------------------------------------------
 REPO_URL = "https://github.com/higher-core/higher-core"
 #: where a README link to a file of this repository points in the docs
-DOC_LINKS = {"benchmarks/RESULTS.md": "benchmarks.md"}
+DOC_LINKS = {"benchmarks/RESULTS.md": "benchmarks.md",
+             # README sections that are pages of their own here
+             "#batched-tasks": "batched-tasks.md", "#flat-fast-weights": "flat-weights.md"}
 
 
 def readme_sections(text: str) -> dict[str, str]:
@@ -305,7 +307,7 @@ def _headings_from_level_2(text: str) -> str:
 def _relink(text: str) -> str:
     def fix(match: re.Match) -> str:
         target = match.group(2)
-        if re.match(r"[a-z]+:|#", target):
+        if target not in DOC_LINKS and re.match(r"[a-z]+:|#", target):
             return match.group(0)
         new = DOC_LINKS.get(target, f"{REPO_URL}/blob/main/{target}")
         return f"{match.group(1)}({new})"
@@ -320,6 +322,7 @@ README_PAGES = {
     "plugin-guide": ("write your own plugin", "plugin"),
     "batched-tasks": ("batched", "tasks="),
     "flat-weights": ("flat fast weights",),
+    "performance": ("making inner loops fast",),
     "several-processes": ("several processes", "distributed"),
     "implicit": ("implicit",),
     "tests": ("tests",),
