@@ -2,7 +2,8 @@
 
 Lists every installed plugin distribution with its version, the optimizers it
 provides (reference type -> differentiable class), every plugin that failed
-to load, with its error, every installed plugin that an environment variable
+to load, with its error, every installed plugin whose optimizer the installed
+torch lacks (unavailable, with the torch it needs), every installed plugin that an environment variable
 excludes, with the variable, and the warnings discovery gave (a name in
 ``HIGHER_CORE_PLUGINS`` that matches nothing, for example).
 """
@@ -57,6 +58,8 @@ def plugin_report() -> dict[str, Any]:
     return {
         "plugins": sorted(plugins, key=lambda p: p["name"]),
         "failed": [{"source": f.source, "error": f.error} for f in table.failures],
+        "unavailable": [{"source": u.plugin.source, "entry_point": u.plugin.entry_point, "reason": u.reason}
+                        for u in table.unavailable],
         "excluded": [{"source": e.plugin.source, "entry_point": e.plugin.entry_point, "variable": e.variable}
                      for e in table.excluded],
         "conflicts": conflicts,
@@ -66,7 +69,7 @@ def plugin_report() -> dict[str, Any]:
 
 
 def _print_text(report: dict[str, Any]) -> None:
-    if not report["plugins"] and not report["excluded"]:
+    if not report["plugins"] and not report["excluded"] and not report["unavailable"]:
         print("no higher-core plugins installed (try `pip install higher-adam`)")
     for plugin in report["plugins"]:
         origin = plugin["distribution"] or plugin["name"]
@@ -77,6 +80,8 @@ def _print_text(report: dict[str, Any]) -> None:
             print("    (no optimizers)")
     for failure in report["failed"]:
         print(f"FAILED {failure['source']}: {failure['error']}")
+    for unavailable in report["unavailable"]:
+        print(f"UNAVAILABLE {unavailable['source']}: {unavailable['reason']}")
     for excluded in report["excluded"]:
         print(f"EXCLUDED {excluded['source']} (by {excluded['variable']})")
     for optimizer, sources in report["conflicts"].items():

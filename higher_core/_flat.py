@@ -32,7 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch._utils import _flatten_dense_tensors
+
+from higher_core.compat import flatten_dense_tensors
 
 __all__ = ["MIN_TENSORS", "FlatGroup", "flat_layout"]
 
@@ -118,7 +119,7 @@ class FlatGroup:
         if flat is not None and len(views) == len(tensors) and all(a is b for a, b in zip(tensors, views)):
             return flat
         if self.one_call:  # one C++ call: contiguous views concatenated (differentiable, backward a split)
-            return _flatten_dense_tensors(tensors)
+            return flatten_dense_tensors(tensors)
         return torch.cat([t.reshape(self.flat_shape) for t in tensors], dim=self.lead)
 
     def scatter(self, flat: torch.Tensor) -> list[torch.Tensor]:

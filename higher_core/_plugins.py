@@ -11,6 +11,10 @@ import (any exception, ``SystemExit`` included) or to validate is reported with
 a :class:`~higher_core.errors.PluginLoadWarning` naming its distribution, and
 every other plugin keeps working; in strict mode every other plugin is loaded
 first and one :class:`~higher_core.errors.PluginLoadError` lists every failure.
+A plugin whose optimizer the installed torch does not have (it raised
+:class:`~higher_core.errors.OptimizerUnavailableError` while importing, through
+:func:`higher_core.compat.torch_optimizer`) is not broken: it registers nothing,
+is listed as unavailable with the reason, and strict mode ignores it.
 
 :func:`higher_core.register_optim` is a plugin too: registered first, with a
 ``tryfirst`` hook implementation (reserved for it: another plugin marking its
@@ -31,7 +35,7 @@ import pluggy
 
 from higher_core import hookspecs
 from higher_core._plugin_env import DISABLE_ENV, ONLY_ENV, STRICT_ENV, Selection, normalize, strict
-from higher_core.errors import PluginLoadError, PluginLoadWarning
+from higher_core.errors import OptimizerUnavailableError, PluginLoadError, PluginLoadWarning
 
 if sys.version_info >= (3, 10):
     from importlib import metadata as importlib_metadata
@@ -44,6 +48,7 @@ __all__ = [
     "PluginRecord",
     "PluginFailure",
     "PluginExclusion",
+    "PluginUnavailable",
     "Provider",
     "plugin_host",
     "register_plugin",
@@ -96,6 +101,14 @@ class PluginExclusion:
 
 
 @dataclass(frozen=True)
+class PluginUnavailable:
+    """An installed plugin whose optimizer the installed torch does not have (it registers nothing)."""
+
+    plugin: PluginRecord
+    reason: str
+
+
+@dataclass(frozen=True)
 class Provider:
     """One differentiable optimizer offered by one plugin (higher ``priority`` wins)."""
 
@@ -110,6 +123,7 @@ class _Table:
     providers: dict[type, list[Provider]] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     excluded: list[PluginExclusion] = field(default_factory=list)
+    unavailable: list[PluginUnavailable] = field(default_factory=list)
 
     def best(self, optimizer_type: type) -> list[Provider]:
         """The providers of ``optimizer_type`` with the highest priority (more than one: a conflict)."""
@@ -170,6 +184,7 @@ class PluginHost:
         self._offers: dict[str, list[Provider]] = {}
         self._failures: list[tuple[PluginFailure, BaseException, str]] = []
         self._excluded: list[PluginExclusion] = []
+        self._unavailable: list[PluginUnavailable] = []
         self._discovered = False
         self._table: _Table | None = None
         self._lock = threading.RLock()
@@ -256,6 +271,7 @@ class PluginHost:
         """Load every selected entry point; raises ``KeyboardInterrupt`` with discovery unfinished."""
         self._failures = []
         self._excluded = []
+        self._unavailable = []
         selection = Selection.from_environment()
         installed: dict[str, str] = {}
         for ep in importlib_metadata.entry_points(group=self.group):
@@ -285,6 +301,8 @@ class PluginHost:
                 self.register(plugin, name=record.name, record=record)
         except KeyboardInterrupt:
             raise
+        except OptimizerUnavailableError as exc:  # this torch lacks its optimizer: not a broken plugin
+            self._unavailable.append(PluginUnavailable(record, str(exc)))
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin must not end the program
             self._fail(record.source, exc, during, self._failures)
 
@@ -328,7 +346,8 @@ class PluginHost:
             return self._table
 
     def _build_table(self) -> _Table:
-        table = _Table(failures=[f for f, _, _ in self._failures], excluded=list(self._excluded))
+        table = _Table(failures=[f for f, _, _ in self._failures], excluded=list(self._excluded),
+                       unavailable=list(self._unavailable))
         for offers in self._offers.values():
             for offer in offers:
                 providers = table.providers.setdefault(offer.optimizer_type, [])

@@ -28,17 +28,15 @@ from typing import Any, Callable
 import torch
 import torch.autograd.forward_ad as forward_ad
 
+from higher_core.compat import dual_level_open, functorch_transforms_active
+
 __all__ = ["foreach_safe_sqrt_op", "safe_sqrt_op"]
 
 _INF = float("inf")
 # torch.func transforms (vmap, grad, jvp) need an autograd.Function with setup_context, whose
 # apply costs about 3x the Python overhead of the classic form: take it only under a transform
-_transforms_active: Callable[[], bool] = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
-
-
-def _dual_level_open() -> bool:
-    """Whether forward-mode AD (``torch.autograd.forward_ad.dual_level``) may be at work."""
-    return getattr(forward_ad, "_current_level", 0) >= 0
+_transforms_active: Callable[[], bool] = functorch_transforms_active
+_dual_level_open = dual_level_open
 
 
 def _forward(x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from higher_core.compat import ddp_forward_halves
+
 __all__ = ["TIMEOUT", "all_reduce_grads", "backward", "init_process_group", "unwrap"]
 
 #: how long a collective waits for the other processes before it raises
@@ -85,13 +87,7 @@ def _arm_reducer(ddp: DistributedDataParallel, loss: torch.Tensor) -> torch.Tens
     module were the identity. ``tests/test_distributed.py`` checks that these
     methods exist and that gradients are averaged through them.
     """
-    try:
-        pre, post = ddp._pre_forward, ddp._post_forward
-    except AttributeError as error:  # pragma: no cover - only on a torch that renamed them
-        raise RuntimeError(
-            f"this torch ({torch.__version__}) has no DistributedDataParallel._pre_forward/_post_forward; "
-            "use higher_core.distributed.all_reduce_grads on the model's parameters instead of DDP"
-        ) from error
+    pre, post = ddp_forward_halves(ddp)  # higher_core.compat: the private names, read in one place
     pre()
     return post(loss)
 

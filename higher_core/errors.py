@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "UnsupportedOptimizerError",
     "MissingOptimizerPluginError",
+    "OptimizerUnavailableError",
     "PluginConflictError",
     "PluginLoadError",
     "PluginLoadWarning",
@@ -30,6 +31,16 @@ class MissingOptimizerPluginError(UnsupportedOptimizerError, AttributeError):
 
     It is also an :class:`AttributeError`, so ``hasattr(higher_core.optim,
     "DifferentiableAdam")`` is ``False`` when ``higher-adam`` is missing.
+    """
+
+
+class OptimizerUnavailableError(UnsupportedOptimizerError, AttributeError):
+    """The installed torch has no such ``torch.optim`` optimizer (``Muon`` before 2.9).
+
+    The message names the torch release that added it. A plugin for it registers
+    nothing on this torch, and is listed as unavailable, not as broken: strict
+    mode does not fail on it. It is also an :class:`AttributeError`, so
+    ``hasattr(higher_core.optim, "DifferentiableMuon")`` is ``False`` there.
     """
 
 

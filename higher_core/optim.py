@@ -19,6 +19,7 @@ import torch
 from higher_core import _overrides
 from higher_core._higher_compat import DEPRECATED_HELPERS, NEW_HOOKS
 from higher_core._optimizer import ComplexParameters, DifferentiableOptimizer, GradCallback, Scope, State
+from higher_core.compat import optimizer_available, torch_optimizer
 from higher_core._registry import lookup, missing_optimizer_message, register_optim, resolve, resolve_for
 from higher_core.errors import MissingOptimizerPluginError
 from higher_core.patch import PatchedModule
@@ -52,6 +53,8 @@ def __getattr__(name: str) -> Any:
         )
         return DEPRECATED_HELPERS[name]
     base = name[len("Differentiable"):] if name.startswith("Differentiable") else None
+    if base in _DOCUMENTED and not optimizer_available(base):
+        torch_optimizer(base)  # raises: "torch.optim.Muon needs torch >= 2.9; you have 2.6.0"
     torch_type = getattr(torch.optim, base, None) if base else None
     if not (isinstance(torch_type, type) and issubclass(torch_type, torch.optim.Optimizer)):
         raise AttributeError(f"module 'higher_core.optim' has no attribute {name!r}")

@@ -25,6 +25,7 @@ from torch import nn
 
 from higher_core._boundary import check_bool, check_device, check_fast_weights, check_module, device_of
 from higher_core._module_copy import deep_tree_copy, shallow_tree_copy
+from higher_core.compat import rnn_flat_weight_names
 from higher_core.distributed import unwrap
 
 __all__ = ["PatchedModule", "_MonkeyPatchBase", "buffer_sync", "make_functional", "monkeypatch"]
@@ -77,7 +78,7 @@ def _rnn_cudnn_off(module: nn.Module, args: tuple[Any, ...]) -> None:
     """
     state = module.__dict__
     if (state.get(_NO_CUDNN) and torch.is_grad_enabled() and torch.backends.cudnn.enabled
-            and getattr(module, module._flat_weights_names[0]).is_cuda):
+            and getattr(module, rnn_flat_weight_names(module)[0]).is_cuda):
         torch.backends.cudnn.enabled = False
         state[_CUDNN_WAS_ON] = True
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import higher_core as higher
+from higher_core.compat import optimizer_available
 
 
 X = torch.ones(3, 2)
@@ -182,7 +183,8 @@ ROWS = [
     pytest.param(lambda: _override(_SGD, {"lr": ["0.1"]}), (TypeError, ValueError), r"lr", id="string lr"),
     pytest.param(lambda: _override(torch.optim.Adam, {"amsgrad": [True]}), ValueError, r"amsgrad", id="flag after the first step"),
     pytest.param(lambda: _override(torch.optim.RMSprop, {"centered": [True]}, at_step=False), ValueError, r"centered", id="RMSprop flag"),
-    pytest.param(_muon_ns_coefficients, ValueError, r"ns_coefficients", id="Muon ns_coefficients"),
+    pytest.param(_muon_ns_coefficients, ValueError, r"ns_coefficients", id="Muon ns_coefficients",
+                 marks=pytest.mark.skipif(not optimizer_available("Muon"), reason="torch.optim.Muon needs torch >= 2.9")),
     # get_diff_optim: an optimizer instance
     pytest.param(lambda: higher.get_diff_optim(_SGD, _net().parameters()), TypeError, r"(?i)opt.*class.*instance|instance", id="a class"),
     pytest.param(lambda: higher.get_diff_optim(None, _net().parameters()), TypeError, r"NoneType|None", id="None"),

@@ -9,6 +9,7 @@ from torch.nn.functional import mse_loss
 
 import higher_core
 from higher_core._optimizer import DifferentiableOptimizer
+from higher_core.compat import optimizer_available
 from higher_core.batched import BatchingError, _matmul
 from higher_core.testing import NotApplicable, installed_conformance
 from higher_core.testing._batched_check import check_batched
@@ -238,6 +239,7 @@ def test_unbatchable_module_falls_back_to_a_loop_with_the_same_numbers():
         torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.skipif(not optimizer_available("Adafactor"), reason="torch.optim.Adafactor needs torch >= 2.5")
 def test_tensor_scope_rules_step_each_task_alone():
     """Adafactor reduces over whole tensors: each task is stepped by its own copy of the rule."""
     model = _mlp()

@@ -28,7 +28,8 @@ from typing import Union
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _module_globals
+
+from higher_core.compat import GLOBAL_MODULE_HOOKS
 
 __all__ = ["ELEMENTWISE", "Plan", "plan", "run"]
 
@@ -52,8 +53,9 @@ class Plan:
         self.modules = modules
 
 
-_GLOBAL_HOOKS = (_module_globals._global_forward_hooks, _module_globals._global_forward_pre_hooks,
-                 _module_globals._global_backward_hooks, _module_globals._global_backward_pre_hooks)
+def _global_hooks_present() -> bool:
+    """Whether a global module hook is registered (or this torch does not say: assume one is)."""
+    return GLOBAL_MODULE_HOOKS is None or any(GLOBAL_MODULE_HOOKS)
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -113,7 +115,7 @@ def run(planned: Plan, params: Sequence[torch.Tensor], x: torch.Tensor) -> torch
     Returns ``None`` where the plan does not hold now (a hook was added since, or
     ``x`` has no feature dimension): the caller then runs the module under ``vmap``.
     """
-    if x.dim() < 2 or any(_GLOBAL_HOOKS) or any(_hooked(m) for m in planned.modules):
+    if x.dim() < 2 or _global_hooks_present() or any(_hooked(m) for m in planned.modules):
         return None
     tasks = x.shape[0]
     h = x

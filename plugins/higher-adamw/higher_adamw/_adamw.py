@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
 from higher_adam import DifferentiableAdam
+from higher_core.optim import State
+
+
+def _decoupled(group: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``group`` with AdamW's decoupled decay: a key of torch >= 2.7's groups, implied before it."""
+    return group if group.get("decoupled_weight_decay") else {**group, "decoupled_weight_decay": True}
 
 
 class DifferentiableAdamW(DifferentiableAdam):
@@ -17,11 +28,13 @@ class DifferentiableAdamW(DifferentiableAdam):
         \theta_t &= \theta'_{t-1} - \frac{\gamma}{1-\beta_1^t}\,
             \frac{m_t}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon}
 
-    In the installed torch ``AdamW`` is ``Adam`` with
-    ``decoupled_weight_decay=True`` (and ``weight_decay=1e-2`` by default), and
-    every param group carries that flag, so the update rule is
-    :class:`higher_adam.DifferentiableAdam`'s; this class is registered for
-    ``AdamW`` itself so that it resolves without a subclass warning. As in
+    From torch 2.7 ``AdamW`` is ``Adam`` with ``decoupled_weight_decay=True``
+    (and ``weight_decay=1e-2`` by default) and every param group carries that
+    flag; before 2.7 ``AdamW`` was a class of its own with the same operations
+    and no such key. Either way the update rule is
+    :class:`higher_adam.DifferentiableAdam`'s with the decay decoupled, which
+    this class always applies; it is registered for ``AdamW`` itself so that it
+    resolves without a subclass warning. As in
     higher-adam, the square root's derivative at exactly zero is taken as zero,
     so meta-gradients stay finite when gradient entries are exactly zero;
     ``foreach``, ``fused``, ``capturable`` and ``differentiable`` change no
@@ -34,3 +47,17 @@ class DifferentiableAdamW(DifferentiableAdam):
         >>> with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
         ...     _ = diffopt.step(fmodel(torch.randn(4, 3)).pow(2).mean())
     """
+
+    def update(
+        self,
+        group: Mapping[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[State],
+    ) -> tuple[list[torch.Tensor], list[State]]:
+        return super().update(_decoupled(group), params, grads, states)
+
+    def update_one(
+        self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        return super().update_one(_decoupled(group), param, grad, state)

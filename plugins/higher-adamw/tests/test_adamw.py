@@ -9,6 +9,7 @@ import torch
 import higher_core
 from higher_adam import DifferentiableAdam
 from higher_adamw import DifferentiableAdamW
+from higher_core.compat import torch_at_least
 from higher_core.errors import SubclassResolutionWarning
 from higher_core.testing import Problem
 
@@ -17,13 +18,18 @@ def _problem() -> Problem:
     return Problem(((3, 2), (2,), (2, 2)), seed=1)
 
 
-def test_adamw_subclasses_adam_in_installed_torch() -> None:
-    # the plugin reuses higher-adam's rule only because torch's AdamW is Adam with a flag
-    assert issubclass(torch.optim.AdamW, torch.optim.Adam)
+def test_adamw_is_adam_with_a_flag_from_torch_2_7_and_its_own_class_before() -> None:
+    # the plugin reuses higher-adam's rule with the decay always decoupled: from torch 2.7 AdamW is
+    # Adam with decoupled_weight_decay=True in every group; before, a class of its own without the key
     assert issubclass(DifferentiableAdamW, DifferentiableAdam)
     opt = torch.optim.AdamW(_problem().leaves())
-    assert opt.param_groups[0]["decoupled_weight_decay"] is True
     assert opt.param_groups[0]["weight_decay"] == 1e-2
+    if torch_at_least(2, 7):
+        assert issubclass(torch.optim.AdamW, torch.optim.Adam)
+        assert opt.param_groups[0]["decoupled_weight_decay"] is True
+    else:
+        assert not issubclass(torch.optim.AdamW, torch.optim.Adam)
+        assert "decoupled_weight_decay" not in opt.param_groups[0]
 
 
 def test_no_subclass_resolution_warning() -> None:

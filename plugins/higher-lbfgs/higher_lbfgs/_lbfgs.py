@@ -8,9 +8,15 @@ from typing import Any, Union
 
 import torch
 
+from higher_core.compat import torch_at_least
 from higher_core.functional import add_scaled_exact
 from higher_core.optim import DifferentiableOptimizer, GradCallback, State
 from higher_lbfgs._line_search import strong_wolfe
+
+#: torch >= 2.10 gives the line search what is left of ``max_eval``; before, its own 25 evaluations
+LINE_SEARCH_SHARES_MAX_EVAL = torch_at_least(2, 10)
+#: the line search's budget before torch 2.10 (``torch.optim.lbfgs._strong_wolfe``'s ``max_ls``)
+OLD_LINE_SEARCH_BUDGET = 25
 
 Closure = Callable[[list[torch.Tensor]], torch.Tensor]
 Number = Union[int, float, torch.Tensor]
@@ -294,9 +300,8 @@ class _Run:
                           direction: torch.Tensor = d) -> tuple[torch.Tensor, torch.Tensor]:
                     return self.flat_evaluate(self.moved(start, step, direction))
 
-                loss, flat_grad, t, step_evals = strong_wolfe(
-                    along, t, d, loss, flat_grad, gtd, max_ls=max_eval - current_evals
-                )
+                budget = max_eval - current_evals if LINE_SEARCH_SHARES_MAX_EVAL else OLD_LINE_SEARCH_BUDGET
+                loss, flat_grad, t, step_evals = strong_wolfe(along, t, d, loss, flat_grad, gtd, max_ls=budget)
                 x = self.moved(x, t, d)
                 loss_value = loss.item()
                 converged = bool(flat_grad.abs().max() <= tolerance_grad)

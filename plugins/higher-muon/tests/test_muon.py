@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from higher_muon import DifferentiableMuon
-from higher_muon._muon import newton_schulz
 
-import higher_core
-from higher_core.testing import Problem
+from higher_core.compat import optimizer_available
+
+if not optimizer_available("Muon"):  # the plugin registers nothing there (tests/test_compat.py)
+    pytest.skip("torch.optim.Muon needs torch >= 2.9", allow_module_level=True)
+
+from higher_muon import DifferentiableMuon  # noqa: E402
+from higher_muon._muon import newton_schulz  # noqa: E402
+import higher_core  # noqa: E402
+from higher_core.testing import Problem  # noqa: E402
 
 SHAPES = ((3, 2), (2, 3), (2, 2))
 OPTIONS = [

@@ -1,0 +1,159 @@
+"""higher_core.compat: every version-dependent or private torch use, checked against the installed torch.
+
+Each private name has a test that fails when a torch release renames or changes it
+(the fallback would then be taken silently, slower), and each fallback is checked
+to give the same numbers. The optimizer table is checked both ways on every
+version: an optimizer is available exactly from the release the table names.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import higher_core
+from higher_core import _plugins, compat
+from higher_core._cli import plugin_report
+from higher_core.errors import OptimizerUnavailableError
+
+
+def test_version_parsing():
+    assert compat._parse("2.6.0+cu124") == (2, 6, 0)
+    assert compat._parse("2.15.0a0+git1234") == (2, 15, 0)
+    assert compat._parse("2.10") == (2, 10, 0)
+    assert compat.TORCH_VERSION == compat._parse(torch.__version__)
+    assert compat.TORCH_VERSION[:2] >= compat.MIN_TORCH
+
+
+@pytest.mark.parametrize("name", sorted(compat.OPTIMIZER_SINCE))
+def test_newer_optimizers_exist_exactly_from_the_release_named(name):
+    since = compat.OPTIMIZER_SINCE[name]
+    assert compat.optimizer_available(name) == compat.torch_at_least(*since)
+    if compat.torch_at_least(*since):
+        assert compat.torch_optimizer(name) is getattr(torch.optim, name)
+    else:
+        with pytest.raises(OptimizerUnavailableError,
+                           match=rf"torch\.optim\.{name} needs torch >= {since[0]}\.{since[1]}; you have"):
+            compat.torch_optimizer(name)
+
+
+def test_unknown_optimizer_is_named():
+    with pytest.raises(OptimizerUnavailableError, match=r"torch\.optim\.NoSuchOpt is not in this torch"):
+        compat.torch_optimizer("NoSuchOpt")
+
+
+def test_adam_takes_decoupled_weight_decay_from_2_7():
+    assert compat.accepts_option(torch.optim.Adam, "decoupled_weight_decay") == compat.torch_at_least(2, 7)
+    assert compat.accepts_option(torch.optim.SGD, "momentum")
+
+
+def test_flatten_dense_tensors_is_torchs_and_matches_the_fallback():
+    from torch._utils import _flatten_dense_tensors  # fails here first if torch moves it
+
+    assert compat.flatten_dense_tensors is _flatten_dense_tensors
+    tensors = [torch.randn(2, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64), torch.randn(())]
+    tensors[2] = tensors[2].double()
+    assert torch.equal(compat.flatten_dense_tensors(tensors), compat._flatten_fallback(tensors))
+
+
+def test_functorch_transforms_active_is_torchs():
+    assert hasattr(torch._C, "_are_functorch_transforms_active")
+    assert compat.functorch_transforms_active() is False
+    seen = []
+
+    def probe(x):
+        seen.append(compat.functorch_transforms_active())
+        return x
+
+    torch.func.vmap(probe)(torch.zeros(2, 1))
+    assert seen == [True]
+
+
+def test_dual_level_open_reads_forward_ad():
+    import torch.autograd.forward_ad as forward_ad
+
+    assert hasattr(forward_ad, "_current_level")
+    assert compat.dual_level_open() is False
+    with forward_ad.dual_level():
+        assert compat.dual_level_open() is True
+
+
+def test_global_module_hooks_are_the_live_registries():
+    assert compat.GLOBAL_MODULE_HOOKS is not None
+    assert not any(compat.GLOBAL_MODULE_HOOKS)
+    handle = nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        assert any(compat.GLOBAL_MODULE_HOOKS)
+    finally:
+        handle.remove()
+
+
+def test_rnn_flat_weight_names():
+    lstm = nn.LSTM(2, 3, num_layers=2)
+    assert compat.rnn_flat_weight_names(lstm) == lstm._flat_weights_names
+    assert set(compat.rnn_flat_weight_names(lstm)) == {n for n, _ in lstm.named_parameters()}
+
+
+def test_ddp_forward_halves_exist():
+    from torch.nn.parallel import DistributedDataParallel
+
+    assert callable(DistributedDataParallel._pre_forward) and callable(DistributedDataParallel._post_forward)
+
+
+# -- a plugin whose optimizer this torch lacks ------------------------------------------------------
+
+@pytest.fixture
+def host(monkeypatch):
+    for variable in (_plugins.ONLY_ENV, _plugins.DISABLE_ENV, _plugins.STRICT_ENV):
+        monkeypatch.delenv(variable, raising=False)
+    fresh = _plugins.PluginHost()
+    monkeypatch.setattr(_plugins, "_HOST", fresh)
+    return fresh
+
+
+def _future_plugin(root):
+    """A distribution for an optimizer no torch has, written as higher-muon is."""
+    (root / "higher_future_fake.py").write_text(textwrap.dedent("""
+        from higher_core.compat import torch_optimizer
+        FutureOpt = torch_optimizer("FutureOpt")
+        raise AssertionError("not reached")
+    """))
+    info = root / "higher_future-1.0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: higher-future\nVersion: 1.0.0\n")
+    (info / "entry_points.txt").write_text("[higher_core.plugins]\nfuture = higher_future_fake\n")
+
+
+def test_unavailable_optimizer_is_listed_not_failed_even_in_strict_mode(host, tmp_path, monkeypatch):
+    _future_plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(_plugins.STRICT_ENV, "1")
+    table = host.table()  # strict: would raise PluginLoadError for a broken plugin
+    assert table.failures == []
+    assert [(u.plugin.source, u.reason) for u in table.unavailable] == [
+        ("higher-future 1.0.0", f"torch.optim.FutureOpt is not in this torch; you have {torch.__version__}. "
+                                "Upgrade torch to use it (the other optimizers keep working).")]
+    assert torch.optim.Adam in table.providers
+    report = plugin_report()
+    assert report["unavailable"][0]["source"] == "higher-future 1.0.0"
+    assert report["failed"] == []
+
+
+@pytest.mark.parametrize("name", sorted(compat.OPTIMIZER_SINCE))
+def test_installed_plugins_for_newer_optimizers_follow_the_torch(name, host):
+    """higher-adafactor and higher-muon: registered where torch has the optimizer, unavailable where not."""
+    table = host.table()
+    distribution = f"higher-{name.lower()}"
+    unavailable = [u for u in table.unavailable if u.plugin.distribution == distribution]
+    if compat.optimizer_available(name):
+        assert getattr(torch.optim, name) in table.providers and not unavailable
+        assert getattr(higher_core.optim, f"Differentiable{name}").__name__ == f"Differentiable{name}"
+    else:
+        since = ".".join(map(str, compat.OPTIMIZER_SINCE[name]))
+        assert [u.reason.split(";")[0] for u in unavailable] == [f"torch.optim.{name} needs torch >= {since}"]
+        with pytest.raises(OptimizerUnavailableError, match=rf"needs torch >= {since}; you have"):
+            getattr(higher_core.optim, f"Differentiable{name}")
+        assert not hasattr(higher_core.optim, f"Differentiable{name}")
