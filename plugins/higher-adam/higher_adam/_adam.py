@@ -19,7 +19,18 @@ from higher_core.functional import (
     number,
     safe_sqrt,
 )
+from higher_core.compat import torch_at_least
 from higher_core.optim import DifferentiableOptimizer, State
+
+#: torch >= 2.6 casts a tensor ``beta1`` to the parameter's dtype before ``lerp`` (earlier: as given)
+BETA1_IN_PARAM_DTYPE = torch_at_least(2, 6)
+
+
+def _beta1_like(beta1: Any, param: torch.Tensor) -> Any:
+    """``beta1`` as the installed torch hands it to ``lerp``: a tensor in ``param``'s dtype from torch 2.6."""
+    if BETA1_IN_PARAM_DTYPE and isinstance(beta1, torch.Tensor) and beta1.dtype != param.dtype:
+        return beta1.to(param.dtype)
+    return beta1
 
 
 
@@ -88,7 +99,7 @@ class DifferentiableAdam(DifferentiableOptimizer):
         amsgrad = group["amsgrad"]
         param, grad = decayed(group, param, grad)
         step = state["step"] + 1
-        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - _beta1_like(beta1, param))
         if isinstance(beta2, torch.Tensor) and beta2.requires_grad:  # torch's differentiable form
             exp_avg_sq = torch.lerp(state["exp_avg_sq"], grad.square(), 1 - beta2)
         else:  # torch reads a tensor beta2 that needs no grad as a number here
@@ -127,7 +138,8 @@ class DifferentiableAdam(DifferentiableOptimizer):
             else:
                 grads = torch._foreach_add(grads, params, alpha=weight_decay)
         steps = [state["step"] + 1 for state in states]
-        exp_avg = torch._foreach_lerp([s["exp_avg"] for s in states], grads, foreach_scalar(1 - beta1, n))
+        exp_avg = torch._foreach_lerp([s["exp_avg"] for s in states], grads,
+                                      foreach_scalar(1 - _beta1_like(beta1, params[0]), n))
         if isinstance(beta2, torch.Tensor) and beta2.requires_grad:
             exp_avg_sq = torch._foreach_lerp([s["exp_avg_sq"] for s in states], torch._foreach_mul(grads, grads),
                                              [1 - beta2] * n)
