@@ -109,7 +109,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 def two_process_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
     _spawn(_worker, str(out))
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 @pytest.fixture(scope="module")

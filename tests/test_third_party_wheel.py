@@ -32,7 +32,7 @@ build-backend = "setuptools.build_meta"
 name = "tinyopt"
 version = "0.3.0"
 requires-python = ">=3.9"
-dependencies = ["higher-core>=0.1,<0.2", "torch>=2.1"]
+dependencies = ["higher-core>=0.1,<0.2", "torch>=2.4"]
 
 [project.entry-points."higher_core.plugins"]
 scaled_sgd = "tinyopt"

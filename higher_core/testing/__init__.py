@@ -79,6 +79,7 @@ from higher_core.testing._table import (
     OptimizerInfo,
     OptimizerInput,
     common_error_inputs,
+    multi_element_lr_refusal,
 )
 from higher_core.testing._table_checks import check_error_input, check_implementation_flags, check_registered
 
@@ -109,6 +110,7 @@ __all__ = [
     "check_registered",
     "check_truncate",
     "common_error_inputs",
+    "multi_element_lr_refusal",
     "conformance_cases",
     "conformance_tests",
     "installed_conformance",

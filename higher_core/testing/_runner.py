@@ -58,6 +58,8 @@ def run_check(info: OptimizerInfo, check: str, row: OptimizerInput | ErrorOptimi
     where = f"{info.name}[{row.desc}]" if row is not None else info.name
     if check in info.skips:
         raise NotApplicable(f"{where}: {check} does not apply: {info.skips[check]}")
+    if isinstance(row, OptimizerInput) and check in row.skips:
+        raise NotApplicable(f"{where}: {check} does not apply to this row: {row.skips[check]}")
     try:
         if check == "bad_input":
             assert isinstance(row, ErrorOptimizerInput), "the bad_input check needs an ErrorOptimizerInput"

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import torch
 
+from higher_core.compat import torch_at_least
+
 __all__ = [
     "OptimizerInput",
     "ErrorOptimizerInput",
@@ -22,6 +24,7 @@ __all__ = [
     "DEFAULT_SHAPES",
     "CHECKS",
     "common_error_inputs",
+    "multi_element_lr_refusal",
 ]
 
 DEFAULT_SHAPES: tuple[tuple[int, ...], ...] = ((3, 2), (2,), (2, 2))
@@ -51,13 +54,17 @@ class OptimizerInput:
 
     ``hyperparameters``, if given, replaces the table's list of hyperparameters
     checked for hypergradients in this row (for a row where one is not smooth,
-    such as Prodigy's ``beta1=0``).
+    such as Prodigy's ``beta1=0``). ``skips`` maps a check name to the reason it
+    does not apply to this row alone (a check the installed torch's own
+    optimizer cannot run with these options, say); the table's
+    :attr:`OptimizerInfo.skips` apply to every row.
     """
 
     kwargs: Mapping[str, Any]
     desc: str
     second_group: Mapping[str, Any] | None = None
     hyperparameters: Sequence[str] | None = None
+    skips: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,24 @@ class OptimizerInfo:
         return self.reference.__name__
 
 
+def multi_element_lr_refusal() -> tuple[type[Exception], str]:
+    """How the installed torch's optimizers refuse a tensor ``lr`` of more than one element.
+
+    From torch 2.5 a ``ValueError`` says so; before, comparing the tensor with 0
+    raises torch's ``RuntimeError`` about an ambiguous boolean.
+
+    Returns:
+        ``(exception type, regex of its message)``, for an :class:`ErrorOptimizerInput`.
+
+    Example:
+        >>> multi_element_lr_refusal()[0].__name__
+        'ValueError'
+    """
+    if torch_at_least(2, 5):
+        return ValueError, "Tensor lr must be 1-element"
+    return RuntimeError, "Boolean value of Tensor with more than one value is ambiguous"
+
+
 def common_error_inputs(lr: float = 0.01, *, betas: bool = True, eps: bool = True,
                         weight_decay: bool = True, tensor_lr: bool = True) -> list[ErrorOptimizerInput]:
     """The bad inputs every ``torch.optim`` optimizer of the Adam family refuses, with torch's messages.
@@ -175,6 +200,7 @@ def common_error_inputs(lr: float = 0.01, *, betas: bool = True, eps: bool = Tru
         rows.append(ErrorOptimizerInput({"lr": lr, "weight_decay": -0.1}, ValueError, "Invalid weight_decay",
                                         "negative decay"))
     if tensor_lr:
-        rows.append(ErrorOptimizerInput({"lr": torch.tensor([lr, 2 * lr])}, ValueError,
-                                        "Tensor lr must be 1-element", "tensor lr of 2 elements"))
+        error, message = multi_element_lr_refusal()
+        rows.append(ErrorOptimizerInput({"lr": torch.tensor([lr, 2 * lr])}, error, message,
+                                        "tensor lr of 2 elements"))
     return rows

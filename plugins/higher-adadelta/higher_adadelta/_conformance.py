@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput, multi_element_lr_refusal
 from higher_adadelta._adadelta import DifferentiableAdadelta
 
 # eps sits under a square root whose other term starts at 0 (sqrt(acc_delta + eps) with
@@ -34,7 +34,7 @@ ADADELTA_INFO = OptimizerInfo(
     ],
     error_inputs=[
         ErrorOptimizerInput({"lr": -1.0}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
-        ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, ValueError, "Tensor lr must be 1-element",
+        ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, *multi_element_lr_refusal(),
                             "lr tensor of two elements", raised_by="reference"),
         ErrorOptimizerInput({"lr": 1.0, "rho": 1.5}, ValueError, "Invalid rho value", "rho>1", raised_by="reference"),
         ErrorOptimizerInput({"lr": 1.0, "rho": -0.1}, ValueError, "Invalid rho value", "rho<0", raised_by="reference"),

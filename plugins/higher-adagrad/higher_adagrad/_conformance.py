@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput, multi_element_lr_refusal
 from higher_adagrad._adagrad import DifferentiableAdagrad
 
 ADAGRAD_INFO = OptimizerInfo(
@@ -33,7 +33,7 @@ ADAGRAD_INFO = OptimizerInfo(
     ],
     error_inputs=[
         ErrorOptimizerInput({"lr": -0.1}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
-        ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, ValueError, "Tensor lr must be 1-element",
+        ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, *multi_element_lr_refusal(),
                             "lr tensor of two elements", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.1, "lr_decay": -0.1}, ValueError, "Invalid lr_decay", "negative lr_decay", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.1, "weight_decay": -0.1}, ValueError, "Invalid weight_decay",

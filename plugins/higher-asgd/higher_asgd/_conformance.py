@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput, multi_element_lr_refusal
 from higher_asgd._asgd import DifferentiableASGD
 
 ASGD_INFO = OptimizerInfo(
@@ -33,7 +33,7 @@ ASGD_INFO = OptimizerInfo(
     ],
     error_inputs=[
         ErrorOptimizerInput({"lr": -0.05}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
-        ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, ValueError, "Tensor lr must be 1-element",
+        ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, *multi_element_lr_refusal(),
                             "lr tensor of two elements", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.05, "weight_decay": -0.1}, ValueError, "Invalid weight_decay",
                             "negative weight_decay", raised_by="reference"),

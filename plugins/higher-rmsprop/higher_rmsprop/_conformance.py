@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput, multi_element_lr_refusal
 from higher_rmsprop._rmsprop import DifferentiableRMSprop
 
 RMSPROP_INFO = OptimizerInfo(
@@ -32,7 +32,7 @@ RMSPROP_INFO = OptimizerInfo(
     ],
     error_inputs=[
         ErrorOptimizerInput({"lr": -0.01}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
-        ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, ValueError, "Tensor lr must be 1-element",
+        ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, *multi_element_lr_refusal(),
                             "lr tensor of two elements", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.01, "eps": -1e-8}, ValueError, "Invalid epsilon", "negative eps", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.01, "momentum": -0.5}, ValueError, "Invalid momentum",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput
+from higher_core.testing import ErrorOptimizerInput, OptimizerInfo, OptimizerInput, multi_element_lr_refusal
 from higher_rprop._rprop import DifferentiableRprop
 
 RPROP_INFO = OptimizerInfo(
@@ -27,7 +27,7 @@ RPROP_INFO = OptimizerInfo(
     ],
     error_inputs=[
         ErrorOptimizerInput({"lr": -0.01}, ValueError, "Invalid learning rate", "negative lr", raised_by="reference"),
-        ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, ValueError, "Tensor lr must be 1-element",
+        ErrorOptimizerInput({"lr": torch.tensor([0.1, 0.2])}, *multi_element_lr_refusal(),
                             "lr tensor of two elements", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.01, "etas": (0.0, 1.2)}, ValueError, "Invalid eta values", "etaminus=0", raised_by="reference"),
         ErrorOptimizerInput({"lr": 0.01, "etas": (1.0, 1.2)}, ValueError, "Invalid eta values", "etaminus=1", raised_by="reference"),
