@@ -14,15 +14,30 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from higher_core import errors, functional, optim, patch, utils
-from higher_core import distributed  # noqa: F401  (higher_core.distributed: meta-training across processes)
 from higher_core._context import innerloop_ctx
 from higher_core._plugin_hooks import plugin_hooks
-from higher_core._plugins import hookimpl, plugin_host, register_plugin, unregister_plugin
 from higher_core._registry import register_optim, unregister_optim
+from higher_core.hookspecs import hookimpl
 from higher_core.optim import create_diff_optim, get_diff_optim
 from higher_core.patch import monkeypatch
-from higher_core import implicit  # (higher_core.implicit: implicit meta-gradients)
+
+#: the optional layers on top of the core, imported on first use (``higher_core.batched``, ...)
+_LAYERS = ("batched", "distributed", "implicit", "testing")
+#: the plugin host's public functions: the host is loaded at the first optimizer lookup, not before
+_HOST_FUNCTIONS = ("plugin_host", "register_plugin", "unregister_plugin")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAYERS:  # a layer is imported only when it is used
+        return importlib.import_module(f"higher_core.{name}")
+    if name in _HOST_FUNCTIONS:
+        return getattr(importlib.import_module("higher_core._plugins"), name)
+    raise AttributeError(f"module 'higher_core' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -33,16 +48,16 @@ __all__ = [
     "functional",
     "get_diff_optim",
     "hookimpl",
-    "implicit",
+    "implicit",  # noqa: F822 (a lazy layer: __getattr__)
     "innerloop_ctx",
     "monkeypatch",
     "optim",
     "patch",
     "plugin_hooks",
-    "plugin_host",
+    "plugin_host",  # noqa: F822 (the plugin host, loaded on first use)
     "register_optim",
-    "register_plugin",
+    "register_plugin",  # noqa: F822 (the plugin host, loaded on first use)
     "unregister_optim",
-    "unregister_plugin",
+    "unregister_plugin",  # noqa: F822 (the plugin host, loaded on first use)
     "utils",
 ]

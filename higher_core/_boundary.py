@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["check_bool", "check_device", "check_fast_weights", "check_module", "device_of"]
+__all__ = ["check_bool", "check_device", "check_fast_weights", "check_module", "device_of", "unwrap_ddp"]
 
 
 def _described(value: Any) -> str:
@@ -105,3 +106,15 @@ def _refuse(where: str, i: int, name: str, tensor: Any, shape: torch.Size, dtype
                         f"got {_described(tensor)}")
     raise ValueError(f"{where}: params[{i}] ({name!r}) must have {expected}, got shape "
                      f"{tuple(tensor.shape)}, {tensor.dtype}, on {tensor.device}")
+
+
+def unwrap_ddp(module: nn.Module) -> nn.Module:
+    """The module a ``DistributedDataParallel`` wraps (``module`` itself for any other module).
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 1)
+        >>> unwrap_ddp(net) is net
+        True
+    """
+    return module.module if isinstance(module, DistributedDataParallel) else module

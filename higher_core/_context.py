@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from higher_core import batched
 from higher_core._boundary import check_bool, check_device, check_module
 from higher_core._optimizer import DifferentiableOptimizer
 from higher_core._overrides import Override
@@ -71,7 +70,9 @@ def innerloop_ctx(
     copy_initial_weights = check_bool(copy_initial_weights, "innerloop_ctx(copy_initial_weights=...)")
     track_higher_grads = check_bool(track_higher_grads, "innerloop_ctx(track_higher_grads=...)")
     diff_type = resolve_for(opt)  # fail before copying the model
-    if tasks is not None:  # batched tasks: higher_core/batched
+    if tasks is not None:  # batched tasks: the higher_core.batched layer, imported on first use
+        from higher_core import batched
+
         yield batched.innerloop(model, opt, tasks, device=device, copy_initial_weights=copy_initial_weights,
                                 override=override, track_higher_grads=track_higher_grads, **kwargs)
         return

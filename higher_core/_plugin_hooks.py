@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from higher_core._plugins import hookimpl
+from higher_core.hookspecs import hookimpl
 
 __all__ = ["plugin_hooks"]
 

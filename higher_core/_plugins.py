@@ -58,8 +58,7 @@ __all__ = [
     "ONLY_ENV",
 ]
 
-#: marks a plugin's implementation of a hook of :mod:`higher_core.hookspecs` (pluggy)
-hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT_NAME)
+hookimpl = hookspecs.hookimpl
 """Marker for hook implementations: decorate ``higher_core_optimizers`` with it."""
 
 EXPLICIT = "higher_core.register_optim"

@@ -18,7 +18,6 @@ import torch
 
 from higher_core._optimizer import DifferentiableOptimizer
 from higher_core._plugin_env import normalize
-from higher_core._plugins import plugin_host
 from higher_core.errors import (
     PluginConflictError,
     SubclassResolutionWarning,
@@ -34,6 +33,13 @@ __all__ = [
     "pip_name_for",
     "missing_optimizer_message",
 ]
+
+
+def _host() -> Any:
+    """The process-wide plugin host; its module is imported at the first lookup, not with the core."""
+    from higher_core._plugins import plugin_host
+
+    return plugin_host()
 
 #: torch.optim types that no plugin can make differentiable, and why.
 REFUSED: dict[str, str] = {
@@ -72,16 +78,16 @@ def register_optim(
             "register_optim: diff_optim_type must be a subclass of "
             f"higher_core.optim.DifferentiableOptimizer, got {diff_optim_type!r}"
         )
-    plugin_host().set_explicit(optim_type, diff_optim_type)
+    _host().set_explicit(optim_type, diff_optim_type)
 
 
 def unregister_optim(optim_type: type[torch.optim.Optimizer]) -> None:
     """Forget a :func:`register_optim` registration (plugins are untouched)."""
-    plugin_host().set_explicit(optim_type, None)
+    _host().set_explicit(optim_type, None)
 
 
 def _exact(optim_type: type) -> type[DifferentiableOptimizer] | None:
-    providers = plugin_host().table().best(optim_type)
+    providers = _host().table().best(optim_type)
     if not providers:
         return None
     if len(providers) > 1:
@@ -206,7 +212,7 @@ def missing_optimizer_message(optim_type: type) -> str:
             "plugin that provides it, or register one with "
             f"higher_core.register_optim({optim_type.__name__}, <DifferentiableOptimizer subclass>)"
         )
-    table = plugin_host().table()
+    table = _host().table()
     if pip_name is not None:
         for exclusion in table.excluded:
             if normalize(pip_name) in exclusion.names:

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from higher_core._boundary import unwrap_ddp
 from higher_core.compat import ddp_forward_halves
 
 __all__ = ["TIMEOUT", "all_reduce_grads", "backward", "init_process_group", "unwrap"]
@@ -74,7 +75,7 @@ def unwrap(model: nn.Module) -> nn.Module:
         >>> higher_core.distributed.unwrap(net) is net
         True
     """
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    return unwrap_ddp(model)
 
 
 def _arm_reducer(ddp: DistributedDataParallel, loss: torch.Tensor) -> torch.Tensor:

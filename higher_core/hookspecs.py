@@ -39,6 +39,9 @@ ENTRY_POINT_GROUP = "higher_core.plugins"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
+#: marks a plugin's implementation of a hook of this module (exported as ``higher_core.hookimpl``)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
 #: every hook a plugin may implement; any other name marked with ``hookimpl`` is refused
 HOOK_NAMES = ("higher_core_optimizers", "higher_core_conformance")
 

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from higher_core import _overrides
-from higher_core._higher_compat import DEPRECATED_HELPERS, NEW_HOOKS
 from higher_core._optimizer import ComplexParameters, DifferentiableOptimizer, GradCallback, Scope, State
 from higher_core.compat import optimizer_available, torch_optimizer
 from higher_core._registry import lookup, missing_optimizer_message, register_optim, resolve, resolve_for
@@ -45,6 +44,8 @@ _DOCUMENTED = (
 
 
 def __getattr__(name: str) -> Any:
+    from higher_core._higher_compat import DEPRECATED_HELPERS, NEW_HOOKS  # the old-higher adapter, on demand
+
     if name in DEPRECATED_HELPERS:  # higher.optim's private helpers, for old ``_update`` subclasses
         warnings.warn(
             f"higher_core.optim.{name} is deprecated (a helper of higher's _update(grouped_grads) "

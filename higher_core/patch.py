@@ -23,10 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from higher_core._boundary import check_bool, check_device, check_fast_weights, check_module, device_of
+from higher_core._boundary import check_bool, check_device, check_fast_weights, check_module, device_of, unwrap_ddp
 from higher_core._module_copy import deep_tree_copy, shallow_tree_copy
 from higher_core.compat import rnn_flat_weight_names
-from higher_core.distributed import unwrap
 
 __all__ = ["PatchedModule", "_MonkeyPatchBase", "buffer_sync", "make_functional", "monkeypatch"]
 
@@ -129,7 +128,7 @@ class PatchedModule(nn.Module):
         module = check_module(module, type(self).__name__, "module")
         device = check_device(device, type(self).__name__)
         super().__init__()
-        module = unwrap(module)  # a DistributedDataParallel: patch the module it wraps
+        module = unwrap_ddp(module)  # a DistributedDataParallel: patch the module it wraps
         reference = list(module.parameters())
         patched = shallow_tree_copy(module, device)
         paths = _parameters_to_attributes(patched, reference)
