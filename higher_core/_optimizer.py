@@ -382,7 +382,7 @@ class DifferentiableOptimizer:
                 continue
             group_params = [params[i] for i in indices]
             group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
-            layout = self._flat_layout(number, indices, group_params, group_grads)
+            layout = self._flat_layout(number, group, indices, group_params, group_grads)
             pending = lazy and layout is not None and store.pending.get(number) is layout
             if lazy and not pending:
                 store.settle(number)
@@ -415,10 +415,16 @@ class DifferentiableOptimizer:
                 new_params[i] = p
         return new_params
 
-    def _flat_layout(self, number: int, indices: list[int], params: list[torch.Tensor],
+    def _flat_layout(self, number: int, group: Mapping[str, Any], indices: list[int], params: list[torch.Tensor],
                      grads: list[torch.Tensor]) -> _flat.FlatGroup | None:
-        """Group ``number``'s flat layout if this step can lay it out (``higher_core._flat``), else ``None``."""
-        if not self.flat_weights or self.scope != "element":
+        """Group ``number``'s flat layout if this step can lay it out (``higher_core._flat``), else ``None``.
+
+        A group with a hyperparameter of one value per element (a tensor with
+        dimensions, shaped for each parameter, not for the flat buffer) is
+        stepped per tensor, with the same numbers.
+        """
+        if (not self.flat_weights or self.scope != "element"
+                or _flat.shaped_hyperparameters(group, self.param_groups[number])):
             return None
         layout = self._flat_groups.get(number)
         if layout is not None and layout.holds(indices, params, grads):
@@ -547,7 +553,8 @@ class DifferentiableOptimizer:
         return groups
 
     def _normalized(self, override: Override | None) -> dict[str, list[Any]]:
-        return normalize_override(override, self.param_groups, self.optimizer_name, self.tensor_hyperparameters)
+        return normalize_override(override, self.param_groups, self.optimizer_name, self.tensor_hyperparameters,
+                                  self._shapes)
 
     def _check_merged(self, groups: list[dict[str, Any]], normalized: Mapping[str, list[Any]]) -> None:
         """The plugin's and the reference constructor's checks of groups with ``normalized`` applied."""

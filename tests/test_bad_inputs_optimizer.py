@@ -135,6 +135,29 @@ def _muon_ns_coefficients() -> None:
     higher.get_diff_optim(opt, net.parameters(), override={"ns_coefficients": [torch.tensor([1.0, 2.0, 3.0])]})
 
 
+class _Scaled(nn.Module):
+    """A 0-d learned scale after a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 1)
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.scale
+
+
+def _per_element_lr(lrs: list[torch.Tensor], at_step: bool = False) -> None:
+    """Meta-SGD: one param group per parameter of ``_Scaled`` (scale, fc.weight, fc.bias), ``lrs`` one per group."""
+    net = _Scaled()
+    opt = _SGD([{"params": [p]} for p in net.parameters()], lr=0.1)
+    if not at_step:
+        higher.get_diff_optim(opt, net.parameters(), override={"lr": lrs})
+        return
+    with higher.innerloop_ctx(net, opt) as (fnet, diffopt):
+        diffopt.step(_loss(fnet), override={"lr": lrs})
+
+
 _SGD = torch.optim.SGD
 
 ROWS = [
@@ -180,6 +203,18 @@ ROWS = [
     pytest.param(lambda: _override(torch.optim.Adam, {"betas": [(1.5, 0.99)]}), ValueError, r"(?i)beta", id="beta out of range"),
     pytest.param(lambda: _override(_SGD, {"lr": [torch.full((4,), 0.1)]}), ValueError, r"lr", id="lr of shape (4,)"),
     pytest.param(lambda: _override(_SGD, {"lr": ["0.1"]}), (TypeError, ValueError), r"lr", id="string lr"),
+    pytest.param(lambda: _per_element_lr([torch.full((1,), 0.1), torch.full((1, 2), 0.1), torch.full((1,), 0.1)]), ValueError,
+                 r"override\['lr'\] for param group 0 is a tensor of shape \(1,\), but its parameter 0 has shape \(\): "
+                 r"the value would make its fast weight \(1,\)", id="per-element lr (1,) for a 0-d parameter"),
+    pytest.param(lambda: _per_element_lr([0.1, torch.full((2, 1), 0.1), 0.1], at_step=True), ValueError,
+                 r"override\['lr'\] for param group 1 is a tensor of shape \(2, 1\), but its parameter 1 has shape "
+                 r"\(1, 2\): the value would make its fast weight \(2, 2\)", id="per-element lr (2, 1) for a (1, 2) weight, step"),
+    pytest.param(lambda: _per_element_lr([0.1, torch.full((3,), 0.1), 0.1]), ValueError,
+                 r"override\['lr'\] .* shape \(3,\), but its parameter 1 has shape \(1, 2\): the value does not "
+                 r"broadcast against it", id="per-element lr (3,) for a (1, 2) weight"),
+    pytest.param(lambda: _per_element_lr([0.1, torch.tensor([[0.1, -0.1]]), 0.1]), ValueError,
+                 r"override of lr for param group 1: torch\.optim\.SGD refuses these values: Invalid learning rate",
+                 id="per-element lr with negative entries"),
     pytest.param(lambda: _override(torch.optim.Adam, {"amsgrad": [True]}), ValueError, r"amsgrad", id="flag after the first step"),
     pytest.param(lambda: _override(torch.optim.RMSprop, {"centered": [True]}, at_step=False), ValueError, r"centered", id="RMSprop flag"),
     pytest.param(_muon_ns_coefficients, ValueError, r"ns_coefficients", id="Muon ns_coefficients"),

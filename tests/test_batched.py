@@ -133,6 +133,36 @@ def test_per_task_lr_override(learned):
                                    torch.autograd.grad(total, lrs)[0], rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_per_element_lrs_meta_sgd_equal_per_task_loops(name):
+    """Meta-SGD with tasks=: one learned lr per parameter element (a param group per parameter) gives each
+    task the fast weights and state of its own inner loop, and the summed meta-gradient w.r.t. the lrs."""
+    model = _mlp()
+    x, y = _tasks()
+    opt_type = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[name]
+    make_opt = lambda m: opt_type([{"params": [p]} for p in m.parameters()], lr=0.1)  # noqa: E731
+    torch.manual_seed(2)
+    lrs = [(0.1 * torch.rand_like(p)).requires_grad_() for p in model.parameters()]
+    fasts, states, total = [], [], 0
+    for t in range(T):
+        with higher_core.innerloop_ctx(model, make_opt(model), copy_initial_weights=False,
+                                       override={"lr": lrs}) as (fmodel, diffopt):
+            for _ in range(STEPS):
+                diffopt.step(mse_loss(fmodel(x[t]), y[t]))
+            total = total + mse_loss(fmodel(x[t]), y[t])
+            fasts.append(fmodel.fast_params)
+            states.append(diffopt.param_state)
+    with higher_core.innerloop_ctx(model, make_opt(model), copy_initial_weights=False, tasks=T,
+                                   override={"lr": lrs}) as (fmodel, diffopt):
+        for _ in range(STEPS):
+            diffopt.step(_per_task_losses(fmodel(x), y))
+        batched_total = _per_task_losses(fmodel(x), y).sum()
+    _assert_same(fmodel, diffopt, fasts, states)
+    for ours, theirs in zip(torch.autograd.grad(batched_total, [*model.parameters(), *lrs]),
+                            torch.autograd.grad(total, [*model.parameters(), *lrs])):
+        torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=ATOL)
+
+
 def test_per_task_override_at_a_step_and_bad_shapes():
     model = _mlp()
     x, y = _tasks()
