@@ -175,7 +175,7 @@ class PatchedModule(nn.Module):
             params = check_fast_weights(params, self._param_meta, self._names, "fmodel(..., params=)")
             latest = self.fast_params
             if latest is None or any(a is not b for a, b in zip(latest, params)):
-                self._install(params)
+                self._install(params, detach_initial=False)  # a caller's weights stay as given (hyper-networks)
         elif self._fast_params is None:
             raise ValueError(
                 "this patched module has no fast weights yet: call it with params=[...] or "
@@ -196,10 +196,16 @@ class PatchedModule(nn.Module):
         """
         self._install(check_fast_weights(params, self._param_meta, self._names, "update_params"))
 
-    def _install(self, params: list[torch.Tensor]) -> None:
-        """:meth:`update_params` after the checks."""
+    def _install(self, params: list[torch.Tensor], detach_initial: bool = True) -> None:
+        """:meth:`update_params` after the checks; ``forward(params=)`` installs without detaching anything.
+
+        Test mode detaches in the optimizer's step and in :meth:`update_params`,
+        never what a caller passes to ``forward(params=)``: a hyper-network's
+        weights must keep their graph.
+        """
         initial = self._initial
-        if initial is not None and self._fast_params is not None and not self._track_higher_grads:
+        if (detach_initial and initial is not None and self._fast_params is not None
+                and not self._track_higher_grads):
             params = [p.detach().requires_grad_(p.requires_grad) if p is q else p
                       for p, q in zip(params, initial)]
             self.__dict__["_initial"] = None

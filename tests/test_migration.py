@@ -412,3 +412,35 @@ def test_meta_sgd_lrs_in_a_parameter_list_at_every_step():
         meta = fnet(x).pow(2).sum()
     grads = torch.autograd.grad(meta, list(lrs))
     torch.testing.assert_close(list(grads), _meta_sgd_by_hand(net, list(lrs), x, 3), rtol=1e-10, atol=0)
+
+
+def test_a_hyper_network_drives_a_functional_module_in_test_mode():
+    """``make_functional(net)``, ``track_higher_grads = False``, ``f_net(x, params=hypernet(z))``: the loss
+    reaches the hyper-network (higher detached in the optimizer's step, never explicit ``params=``)."""
+    torch.manual_seed(0)
+    net, hyper = nn.Linear(3, 2).double(), nn.Linear(4, 8).double()
+    f_net = patch.make_functional(net)
+    f_net.track_higher_grads = False
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for _ in range(2):  # a new set of weights at every call
+        z = torch.randn(4, dtype=torch.float64)
+        weights = hyper(z)
+        loss = f_net(x, params=[weights[:6].view(2, 3), weights[6:]]).pow(2).sum()
+        grads = torch.autograd.grad(loss, list(hyper.parameters()), retain_graph=True)
+        by_hand = torch.autograd.grad((x @ weights[:6].view(2, 3).T + weights[6:]).pow(2).sum(),
+                                      list(hyper.parameters()))
+        torch.testing.assert_close(list(grads), list(by_hand), rtol=1e-12, atol=0)
+
+
+def test_explicit_params_keep_their_graph_in_test_mode_and_the_step_still_detaches():
+    """Test mode with monkeypatch: an initial (aliasing) weight passed back through ``params=`` is not cut
+    from the model; the optimizer's step then returns detached weights only."""
+    net, hyper = _linear(), nn.Linear(2, 3).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    fnet = patch.monkeypatch(net, copy_initial_weights=False, track_higher_grads=False)
+    weight = hyper(torch.ones(2, dtype=torch.float64)).view(1, 3)
+    loss = fnet(x, params=[weight, fnet.fast_params[1]]).pow(2).sum()
+    assert all(g is not None for g in torch.autograd.grad(loss, [*hyper.parameters(), net.bias]))
+    diffopt = higher.get_diff_optim(torch.optim.SGD(net.parameters(), lr=0.1), net.parameters(), fmodel=fnet)
+    new = diffopt.step(fnet(x).pow(2).sum())
+    assert all(p.is_leaf and p.requires_grad for p in new) and fnet.fast_params == new
