@@ -208,6 +208,12 @@ class DifferentiableOptimizer:
         self._shapes = [tuple(p.shape) for p in reference]
         self._positions = [list(group["params"]) for group in self.param_groups]
         _step_checks.check_no_duplicates(self._positions, self._shapes)
+        #: positions listed in more than one param group: stepped once per group, in order, as torch.optim does
+        self._shared = _step_checks.shared_positions(self._positions)
+        if self._shared and (self._legacy_update or type(self).step is not DifferentiableOptimizer.step
+                             or type(self).update_groups is not DifferentiableOptimizer.update_groups):
+            _step_checks.refuse_shared(self._shared, self._positions, self._shapes, self.optimizer_name,
+                                       type(self).__name__)
         self._fmodel = fmodel
         self._grad_callback = grad_callback
         self._track_higher_grads = True if track_higher_grads is None else track_higher_grads
@@ -362,6 +368,9 @@ class DifferentiableOptimizer:
 
         Returns:
             The new fast weights; parameters without a gradient are returned as given.
+            A parameter listed in several groups (appended to a second group after
+            the reference was built) is stepped once per group, in order, each step
+            from the previous one's weight and state, as ``torch.optim`` steps it.
 
         Example:
             >>> class Global(DifferentiableOptimizer):
@@ -380,7 +389,7 @@ class DifferentiableOptimizer:
             indices = [i for i in group["params"] if grads[i] is not None]
             if not indices:
                 continue
-            group_params = [params[i] for i in indices]
+            group_params = [new_params[i] for i in indices]  # a parameter in an earlier group too: its new value
             group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
             layout = self._flat_layout(number, group, indices, group_params, group_grads)
             pending = lazy and layout is not None and store.pending.get(number) is layout
@@ -404,7 +413,7 @@ class DifferentiableOptimizer:
                 elif updated is not None:  # a plain dict assigned to param_state: fill it now
                     store.update(zip(indices, layout.per_tensor_states()))
             if updated is None:
-                states = [s or self.init_state(params[i], group) for i, s in zip(indices, existing)]
+                states = [s or self.init_state(new_params[i], group) for i, s in zip(indices, existing)]
                 if any(p.is_complex() for p in group_params):
                     updated, new_states = self._update_complex(group, group_params, group_grads, states)
                 else:
@@ -424,7 +433,8 @@ class DifferentiableOptimizer:
         stepped per tensor, with the same numbers.
         """
         if (not self.flat_weights or self.scope != "element"
-                or _flat.shaped_hyperparameters(group, self.param_groups[number])):
+                or _flat.shaped_hyperparameters(group, self.param_groups[number])
+                or (self._shared and not self._shared.isdisjoint(indices))):  # its state is another group's too
             return None
         layout = self._flat_groups.get(number)
         if layout is not None and layout.holds(indices, params, grads):

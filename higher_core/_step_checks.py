@@ -18,6 +18,8 @@ __all__ = [
     "check_no_duplicates",
     "check_reached",
     "check_strided",
+    "refuse_shared",
+    "shared_positions",
 ]
 
 
@@ -40,6 +42,28 @@ def check_no_duplicates(groups: Sequence[Sequence[int]], shapes: Sequence[tuple[
                     "parameter once"
                 )
             seen.add(i)
+
+
+def shared_positions(groups: Sequence[Sequence[int]]) -> frozenset[int]:
+    """The positions listed in more than one param group (a parameter appended to a second group)."""
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for positions in groups:
+        shared.update(seen.intersection(positions))
+        seen.update(positions)
+    return frozenset(shared)
+
+
+def refuse_shared(shared: Iterable[int], groups: Sequence[Sequence[int]], shapes: Sequence[tuple[int, ...]],
+                  name: str, rule: str) -> None:
+    """Refuse a parameter in several param groups for a rule that steps every group at once."""
+    i = min(shared)
+    numbers = [n for n, positions in enumerate(groups) if i in positions]
+    raise ValueError(
+        f"parameter {i} (shape {shapes[i]}) is in param groups {', '.join(map(str, numbers))} of the "
+        f"{name}; torch.optim steps such a parameter once per group, which {rule} cannot follow (it steps "
+        "every group at once, or with its own step): put each parameter in one param group"
+    )
 
 
 def check_loss(loss: Any) -> None:

@@ -158,6 +158,23 @@ def _per_element_lr(lrs: list[torch.Tensor], at_step: bool = False) -> None:
         diffopt.step(_loss(fnet), override={"lr": lrs})
 
 
+def _in_two_groups(opt_type: type, second_lr: float = 0.05, **kwargs: Any) -> tuple[nn.Module, Any]:
+    """A model whose first layer's weight is appended to the second param group after the optimizer was built."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    first, *rest = list(net.parameters())
+    opt = opt_type([{"params": [first]}, {"params": rest, "lr": second_lr}], lr=0.1, **kwargs)
+    opt.param_groups[1]["params"].append(first)
+    return net, opt
+
+
+def _two_groups_prodigy() -> None:
+    import prodigyopt
+
+    net, opt = _in_two_groups(prodigyopt.Prodigy, second_lr=0.1)
+    higher.get_diff_optim(opt, net.parameters())
+
+
 _SGD = torch.optim.SGD
 
 ROWS = [
@@ -184,6 +201,9 @@ ROWS = [
     # a parameter listed twice in one group
     pytest.param(lambda: _duplicate(_SGD), ValueError, r"param group 0 lists parameter 0 \(shape \(1, 2\)\) twice", id="duplicate, SGD"),
     pytest.param(lambda: _duplicate(torch.optim.Adam), ValueError, r"param group 0 lists parameter 0 .*twice", id="duplicate, Adam"),
+    pytest.param(_two_groups_prodigy, ValueError,
+                 r"parameter 0 \(shape \(4, 3\)\) is in param groups 0, 1 of the prodigyopt\.(prodigy\.)?Prodigy.*once per group.*"
+                 r"put each parameter in one param group", id="a parameter in two groups, Prodigy"),
     # sparse gradients
     pytest.param(lambda: _sparse(torch.optim.Adam), ValueError, r"torch\.optim\.Adam.*sparse gradient.*sparse=False", id="sparse, Adam"),
     pytest.param(lambda: _sparse(torch.optim.Adagrad), ValueError, r"torch\.optim\.Adagrad.*sparse gradient", id="sparse, Adagrad"),
@@ -304,3 +324,55 @@ def test_a_sparse_gradient_made_dense_in_the_callback_is_stepped_as_torch_steps_
             reference(idx).pow(2).sum().backward()
             ropt.step()
         torch.testing.assert_close(fnet.fast_params[0], reference.weight, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize(("opt_type", "kwargs"), [
+    (torch.optim.SGD, {"momentum": 0.9}), (torch.optim.Adam, {"amsgrad": True}), (torch.optim.Adagrad, {}),
+    (torch.optim.RMSprop, {"momentum": 0.5, "centered": True}),
+], ids=["SGD", "Adam", "Adagrad", "RMSprop"])
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "per-tensor"])
+def test_a_parameter_in_two_param_groups_is_stepped_once_per_group_as_torch_does(opt_type, kwargs, flat, monkeypatch):
+    """Appended to a second group after the optimizer was built: torch steps it once per group, each
+    step from the previous one's weight and state; so do we (float64, rtol 1e-10), flat groups included."""
+    from higher_core import _flat
+
+    monkeypatch.setattr(_flat, "MIN_TENSORS", 2)  # the second group (three tensors) would be laid out flat
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    net, opt = _in_two_groups(opt_type, **kwargs)
+    reference, ropt = _in_two_groups(opt_type, **kwargs)
+    with higher.innerloop_ctx(net, opt) as (fnet, diffopt):
+        diffopt.flat_weights = flat
+        for _ in range(3):
+            diffopt.step(fnet(x).pow(2).sum())
+            ropt.zero_grad()
+            reference(x).pow(2).sum().backward()
+            ropt.step()
+        for ours, theirs in zip(fnet.fast_params, reference.parameters()):
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=0)
+        for i, p in enumerate(reference.parameters()):
+            for key, value in ropt.state[p].items():
+                torch.testing.assert_close(torch.as_tensor(diffopt.param_state[i][key], dtype=value.dtype), value,
+                                           rtol=1e-10, atol=0)
+        diffopt.export_state(opt)
+    for p, q in zip(net.parameters(), reference.parameters()):
+        assert sorted(opt.state[p]) == sorted(ropt.state[q])
+        for key, value in ropt.state[q].items():
+            torch.testing.assert_close(opt.state[p][key], value, rtol=1e-10, atol=0)
+
+
+def test_a_parameter_in_two_param_groups_with_tasks_steps_each_task_as_torch_does():
+    x = torch.randn(3, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    net, opt = _in_two_groups(torch.optim.Adam)
+    with higher.innerloop_ctx(net, opt, tasks=3, override={"lr": [torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), 0.05]}) as (fnet, diffopt):
+        for _ in range(2):
+            diffopt.step(fnet(x).pow(2).sum((1, 2)))
+        batched = [p.detach() for p in fnet.fast_params]
+    for t, lr in enumerate((0.1, 0.2, 0.3)):
+        reference, ropt = _in_two_groups(torch.optim.Adam)
+        ropt.param_groups[0]["lr"] = lr
+        for _ in range(2):
+            ropt.zero_grad()
+            reference(x[t]).pow(2).sum().backward()
+            ropt.step()
+        for ours, theirs in zip(batched, reference.parameters()):
+            torch.testing.assert_close(ours[t], theirs, rtol=1e-10, atol=0)

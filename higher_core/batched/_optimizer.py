@@ -234,7 +234,7 @@ class BatchedDifferentiableOptimizer:
             for piece in pieces:
                 call = [{**g, "params": []} for g in groups]
                 call[number] = piece  # the group's own position: its running state, its device checks
-                stepped = rule.update_groups(call, params, grads)
+                stepped = rule.update_groups(call, new_params, grads)  # a parameter in two groups: in order
                 for i in piece["params"]:
                     new_params[i] = stepped[i]
         return new_params
