@@ -582,13 +582,13 @@ class DifferentiableOptimizer:
 
         Raises:
             TypeError, ValueError: ``loss`` is not a scalar tensor, reaches none
-                of ``params``; the callback returns something other than one
+                of ``params``, or none of ``params`` requires grad; the callback returns something other than one
                 gradient of each parameter's shape (or ``None``) per parameter; a
                 gradient is sparse.
         """
-        _step_checks.check_loss(loss)
-        callback = grad_callback or self._grad_callback
         targets = [i for i, p in enumerate(params) if p.requires_grad]
+        _step_checks.check_loss(loss, bool(targets))
+        callback = grad_callback or self._grad_callback
         grads: list[torch.Tensor | None] = [None] * len(params)
         if targets:
             computed = torch.autograd.grad(

@@ -66,14 +66,24 @@ def refuse_shared(shared: Iterable[int], groups: Sequence[Sequence[int]], shapes
     )
 
 
-def check_loss(loss: Any) -> None:
-    """Refuse a loss that is not a scalar tensor requiring grad, naming ``loss`` and the fix."""
+def check_loss(loss: Any, trainable: bool = True) -> None:
+    """Refuse a loss that is not a scalar tensor requiring grad, naming ``loss`` and the fix.
+
+    ``trainable``: whether any fast weight requires grad; if none does (every
+    parameter frozen), that is what the message says, whatever the loss.
+    """
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"step(loss): loss must be a tensor computed from the fast weights, got {type(loss).__name__}")
     if loss.numel() != 1:
         raise ValueError(
             f"step(loss): loss must be a scalar, got a tensor of shape {tuple(loss.shape)}; "
             "reduce it first (loss.sum() or loss.mean())"
+        )
+    if not trainable:
+        raise ValueError(
+            "step(loss): no fast weight requires grad (every parameter is frozen, requires_grad=False), "
+            "so there is nothing to step; unfreeze the parameters to train (p.requires_grad_()) before "
+            "building the inner loop, or do not call step"
         )
     if not loss.requires_grad:
         raise ValueError(

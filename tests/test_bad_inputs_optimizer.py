@@ -175,6 +175,18 @@ def _two_groups_prodigy() -> None:
     higher.get_diff_optim(opt, net.parameters())
 
 
+def _all_frozen(track: bool = True, tasks: int | None = None, opt_type: type = torch.optim.SGD) -> None:
+    """Every parameter frozen, then a step (the loss itself needs no grad then)."""
+    net = _net()
+    net.requires_grad_(False)
+    opt = opt_type(net.parameters(), lr=0.1)
+    with higher.innerloop_ctx(net, opt, track_higher_grads=track, tasks=tasks) as (fnet, diffopt):
+        if opt_type is torch.optim.LBFGS:
+            diffopt.step(lambda params: _loss(lambda x: fnet(x, params=params)))
+        else:
+            diffopt.step(_loss(fnet) if tasks is None else fnet(X.expand(tasks, 3, 2)).pow(2).sum((1, 2)))
+
+
 _SGD = torch.optim.SGD
 
 ROWS = [
@@ -190,6 +202,10 @@ ROWS = [
     pytest.param(lambda: _step(lambda f, n: f(X).pow(2).sum(1)), ValueError, r"step\(loss\): loss must be a scalar.*shape \(3,\)", id="1-D loss"),
     pytest.param(lambda: _step(lambda f, n: 1.5), TypeError, r"step\(loss\): loss must be a tensor.*float", id="a float loss"),
     pytest.param(lambda: _step(lambda f, n: None), TypeError, r"step\(loss\): loss must be a tensor.*NoneType", id="None loss"),
+    pytest.param(lambda: _all_frozen(), ValueError, r"step\(loss\): no fast weight requires grad \(every parameter is frozen.*unfreeze", id="every parameter frozen"),
+    pytest.param(lambda: _all_frozen(track=False), ValueError, r"step\(loss\): no fast weight requires grad", id="every parameter frozen, test mode"),
+    pytest.param(lambda: _all_frozen(tasks=2), ValueError, r"step\(loss\): no fast weight requires grad", id="every parameter frozen, tasks"),
+    pytest.param(lambda: _all_frozen(opt_type=torch.optim.LBFGS), ValueError, r"no fast weight requires grad", id="every parameter frozen, LBFGS"),
     # grad_callback: one gradient per parameter, None or of the parameter's shape
     pytest.param(lambda: _callback(lambda gs: None), TypeError, r"grad_callback returned None.*return", id="forgot return"),
     pytest.param(lambda: _callback(lambda gs: None, at_step=True), TypeError, r"grad_callback returned None.*return", id="forgot return, step"),

@@ -198,14 +198,12 @@ class BatchedDifferentiableOptimizer:
             raise BatchingError("step(): a closure cannot be batched over tasks; pass the per-task losses, shape "
                                 f"[{self.tasks}]")
         params = self._fast_weights(params)
-        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-            raise ValueError("step(loss): the loss does not require grad, so it was not computed from the fast "
-                             "weights (was it computed under torch.no_grad(), or from the original module?)")
-        if loss.dim() != 0 and tuple(loss.shape) != (self.tasks,):
+        if isinstance(loss, torch.Tensor) and loss.dim() != 0 and tuple(loss.shape) != (self.tasks,):
             raise ValueError(f"step(loss): give the per-task losses, shape [{self.tasks}] (or their sum, a "
                              f"scalar), got shape {tuple(loss.shape)}")
         groups = self._groups_for_step(override)
-        grads = self._rules[0].gradients(loss.sum() if loss.dim() else loss, params, grad_callback)
+        total = loss.sum() if isinstance(loss, torch.Tensor) and loss.dim() else loss
+        grads = self._rules[0].gradients(total, params, grad_callback)  # checks the loss as an unbatched step
         if self.scope == "element":
             new_params = self._element_step(groups, params, grads)
         else:
