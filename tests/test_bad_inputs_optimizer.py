@@ -392,3 +392,31 @@ def test_a_parameter_in_two_param_groups_with_tasks_steps_each_task_as_torch_doe
             ropt.step()
         for ours, theirs in zip(batched, reference.parameters()):
             torch.testing.assert_close(ours[t], theirs, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.float64, torch.float16),
+                                    (torch.float16, torch.bfloat16, torch.float64)], ids=["bf16-f64-f16", "f16-bf16-f64"])
+def test_adafactor_on_layers_of_three_dtypes_equals_torch(dtypes):
+    """torch.optim.Adafactor with eps1=None takes the machine epsilon of the first parameter's dtype for the
+    whole group; small gradients make the clamps bite, where a per-parameter epsilon differed by 2e-2."""
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.ModuleList([nn.Linear(3, 3).to(dtypes[0]), nn.Linear(3, 3).to(dtypes[1]), nn.Linear(3, 2).to(dtypes[2])])
+
+    def loss(layers: Any, x: torch.Tensor) -> torch.Tensor:
+        for k, layer in enumerate(layers):
+            x = layer(x.to(layer.weight.dtype)).double()
+            x = x.tanh() if k < 2 else x
+        return 1e-3 * x.pow(2).sum()
+
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    net, reference = model(), model()
+    ropt = torch.optim.Adafactor(reference.parameters(), lr=0.01)
+    with higher.innerloop_ctx(net, torch.optim.Adafactor(net.parameters(), lr=0.01)) as (fnet, diffopt):
+        for _ in range(5):
+            diffopt.step(loss(fnet, x))
+            ropt.zero_grad()
+            loss(reference, x).backward()
+            ropt.step()
+        for ours, theirs in zip(fnet.fast_params, reference.parameters()):
+            assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
