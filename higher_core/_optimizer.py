@@ -530,6 +530,7 @@ class DifferentiableOptimizer:
         """The fast weights a step starts from: ``params``, or the patched module's latest.
 
         Raises:
+            TypeError: ``params`` is not a sequence of tensors.
             ValueError: without ``params`` and without an fmodel, or for a wrong count.
         """
         if params is None:
@@ -539,7 +540,7 @@ class DifferentiableOptimizer:
                     "without fmodel"
                 )
             params = self._fmodel.fast_params
-        params = list(params)
+        params = _step_checks.check_params(params)
         if len(params) != self._num_params:
             raise ValueError(
                 f"step() got {len(params)} parameters but the optimizer was built for "

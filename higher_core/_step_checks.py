@@ -16,6 +16,7 @@ __all__ = [
     "check_export_target",
     "check_loss",
     "check_no_duplicates",
+    "check_params",
     "check_reached",
     "check_strided",
     "refuse_shared",
@@ -42,6 +43,23 @@ def check_no_duplicates(groups: Sequence[Sequence[int]], shapes: Sequence[tuple[
                     "parameter once"
                 )
             seen.add(i)
+
+
+def check_params(params: Any) -> list[torch.Tensor]:
+    """``step(params=...)`` as a list, refused unless a sequence of tensors, naming the first bad entry."""
+    if isinstance(params, torch.Tensor) or not isinstance(params, Iterable):
+        raise TypeError(
+            f"step(params=...): params must be a sequence of tensors (the fast weights, in the order of "
+            f"reference_params), got {type(params).__name__}"
+        )
+    params = list(params)
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(
+                f"step(params=...): params[{i}] is a {type(p).__name__}, not a tensor; pass one tensor per "
+                "fast weight, in the order of reference_params (e.g. fmodel.fast_params)"
+            )
+    return params
 
 
 def shared_positions(groups: Sequence[Sequence[int]]) -> frozenset[int]:

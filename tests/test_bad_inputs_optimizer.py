@@ -54,11 +54,18 @@ def _stale_twice(copy: bool = True, track: bool = True) -> None:
         diffopt.step(loss)
 
 
-def _without_fmodel(loss_of: Callable[[list[torch.Tensor]], Any], **kwargs: Any) -> None:
+def _without_fmodel(loss_of: Callable[[list[torch.Tensor]], Any],
+                    params: Callable[[list[torch.Tensor]], Any] = lambda fast: fast, **kwargs: Any) -> None:
     net = _net()
     diffopt = higher.get_diff_optim(torch.optim.SGD(net.parameters(), lr=0.1), net.parameters(), **kwargs)
-    fast = [p.detach().clone().requires_grad_() for p in net.parameters()]
-    diffopt.step(loss_of(fast), params=fast)
+    tasks = kwargs.get("tasks")
+    fast = [(p if tasks is None else p.expand(tasks, *p.shape)).detach().clone().requires_grad_()
+            for p in net.parameters()]
+    diffopt.step(loss_of(fast), params=params(fast))
+
+
+def _loss_of_weight(fast: list[torch.Tensor]) -> torch.Tensor:
+    return fast[0].pow(2).sum()
 
 
 def _callback(returns: Callable[[list[Any]], Any], at_step: bool = False) -> None:
@@ -206,6 +213,11 @@ ROWS = [
     pytest.param(lambda: _all_frozen(track=False), ValueError, r"step\(loss\): no fast weight requires grad", id="every parameter frozen, test mode"),
     pytest.param(lambda: _all_frozen(tasks=2), ValueError, r"step\(loss\): no fast weight requires grad", id="every parameter frozen, tasks"),
     pytest.param(lambda: _all_frozen(opt_type=torch.optim.LBFGS), ValueError, r"no fast weight requires grad", id="every parameter frozen, LBFGS"),
+    # step(params=...): one tensor per fast weight
+    pytest.param(lambda: _without_fmodel(_loss_of_weight, params=lambda fast: [fast[0], 1.0]), TypeError, r"step\(params=\.\.\.\): params\[1\] is a float, not a tensor; pass one tensor per fast weight", id="a float in params"),
+    pytest.param(lambda: _without_fmodel(_loss_of_weight, params=lambda fast: [None, fast[1]]), TypeError, r"step\(params=\.\.\.\): params\[0\] is a NoneType, not a tensor", id="None in params"),
+    pytest.param(lambda: _without_fmodel(_loss_of_weight, params=lambda fast: fast[0]), TypeError, r"step\(params=\.\.\.\): params must be a sequence of tensors.*got Tensor", id="one tensor as params"),
+    pytest.param(lambda: _without_fmodel(_loss_of_weight, params=lambda fast: [fast[0], 1.0], tasks=2), TypeError, r"step\(params=\.\.\.\): params\[1\] is a float", id="a float in params, tasks"),
     # grad_callback: one gradient per parameter, None or of the parameter's shape
     pytest.param(lambda: _callback(lambda gs: None), TypeError, r"grad_callback returned None.*return", id="forgot return"),
     pytest.param(lambda: _callback(lambda gs: None, at_step=True), TypeError, r"grad_callback returned None.*return", id="forgot return, step"),

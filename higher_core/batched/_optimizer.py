@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from higher_core import _higher_compat
+from higher_core import _higher_compat, _step_checks
 from higher_core._optimizer import DifferentiableOptimizer, GradCallback, State
 from higher_core._overrides import Override
 from higher_core.batched import _overrides as per_task
@@ -254,7 +254,7 @@ class BatchedDifferentiableOptimizer:
                 raise ValueError("step() needs params= (the stacked fast weights) because this optimizer was "
                                  "created without fmodel")
             return list(self._fmodel.fast_params)
-        params = list(params)
+        params = _step_checks.check_params(params)
         if len(params) != len(self._shapes):
             raise ValueError(f"step() got {len(params)} parameters but the optimizer was built for "
                              f"{len(self._shapes)}; pass every fast weight, in the order of reference_params")
