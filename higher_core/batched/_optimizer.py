@@ -208,12 +208,11 @@ class BatchedDifferentiableOptimizer:
             new_params = self._element_step(groups, params, grads)
         else:
             new_params = self._per_task_step(groups, params, grads)
+        # the unbatched end of a step (test mode detaches every weight, stepped or not; the fmodel is updated)
+        new_params = self._rules[0].finish_step(params, new_params)
         if not self.track_higher_grads:
-            new_params = [p.detach().requires_grad_(old.requires_grad) if p is not old else p
-                          for p, old in zip(new_params, params)]
-            self.detach_state()
-        if self._fmodel is not None:
-            self._fmodel.update_params(new_params)
+            for rule in self._rules[1:]:
+                rule.detach_state()
         return new_params
 
     def _element_step(self, groups: list[dict[str, Any]], params: list[torch.Tensor],
