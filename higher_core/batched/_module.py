@@ -179,8 +179,11 @@ class BatchedPatchedModule(nn.Module):
                 self.__dict__["_task_buffers"] = buffers
                 return out
             except (RuntimeError, NotImplementedError) as exc:
-                if not unsupported_by_vmap(exc):  # out of memory, or the module's own error: as it is
+                if _out_of_memory(exc):
                     raise
+                if not unsupported_by_vmap(exc):  # the module's own error: as its forward words it, mode kept
+                    self._looped(fast, [b.clone() for b in self._task_buffers], args, kwargs)
+                    raise  # (the loop ran: the error was vmap's alone)
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         buffers = [b.clone() for b in self._task_buffers]
         out = self._looped(fast, buffers, args, kwargs)  # raises the module's own error if it fails too
