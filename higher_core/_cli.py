@@ -63,7 +63,7 @@ def plugin_report() -> dict[str, Any]:
         "excluded": [{"source": e.plugin.source, "entry_point": e.plugin.entry_point, "variable": e.variable}
                      for e in table.excluded],
         "conflicts": conflicts,
-        # a failure's own warning repeats "failed"; the rest (unknown names, values) are listed
+        # a failure's own warning repeats "failed"; the rest (names that match no plugin) are listed
         "warnings": [str(w.message) for w in caught if not str(w.message).startswith("higher-core plugin from")],
     }
 

@@ -21,8 +21,9 @@ and the buffer is ``[T, N]``.
 A group is stepped per tensor instead (by the same rule, with the same numbers)
 when laying it out does not pay or could change a number: fewer than
 :data:`MIN_TENSORS` tensors, mixed dtypes or devices, complex or empty tensors,
-or state that is not, key by key, either shaped like every parameter or one
-value shared by all.
+state that is not, key by key, either shaped like every parameter or one
+value shared by all, or a hyperparameter tensor with dimensions (one value per
+element, Meta-SGD's learned lrs: shaped for each parameter, not for the buffer).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 
 from higher_core.compat import flatten_dense_tensors
 
-__all__ = ["MIN_TENSORS", "FlatGroup", "flat_layout"]
+__all__ = ["MIN_TENSORS", "FlatGroup", "flat_layout", "shaped_hyperparameters"]
 
 State = dict[str, Any]
 Update = Callable[[Mapping[str, Any], list[torch.Tensor], list[torch.Tensor], list[State]],
@@ -47,6 +48,22 @@ _SHARED_TYPES = (int, float, bool, str, type(None))
 #: many-tensors workload with 300 numbers per tensor, one inner step): Adam breaks even at 4
 #: tensors and is 1.13x faster at 16; plain SGD (one operation per tensor) breaks even near 16.
 MIN_TENSORS = 8
+
+
+def shaped_hyperparameters(group: Mapping[str, Any], base: Mapping[str, Any]) -> bool:
+    """Whether ``group`` holds a hyperparameter tensor with dimensions (per element), which a flat buffer cannot take.
+
+    ``base`` is the group before overrides: where it holds a tuple (``betas``), a
+    1-D tensor is the learned tuple itself, not a per-element value.
+    """
+    for key, value in group.items():
+        if isinstance(value, tuple):
+            if any(isinstance(v, torch.Tensor) and v.dim() > 0 for v in value):
+                return True
+        elif isinstance(value, torch.Tensor) and value.dim() > 0 and not (
+                isinstance(base.get(key), tuple) and value.dim() == 1):
+            return True
+    return False
 
 
 def flat_layout(params: Sequence[torch.Tensor], shapes: Sequence[tuple[int, ...]],

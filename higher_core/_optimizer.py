@@ -208,6 +208,12 @@ class DifferentiableOptimizer:
         self._shapes = [tuple(p.shape) for p in reference]
         self._positions = [list(group["params"]) for group in self.param_groups]
         _step_checks.check_no_duplicates(self._positions, self._shapes)
+        #: positions listed in more than one param group: stepped once per group, in order, as torch.optim does
+        self._shared = _step_checks.shared_positions(self._positions)
+        if self._shared and (self._legacy_update or type(self).step is not DifferentiableOptimizer.step
+                             or type(self).update_groups is not DifferentiableOptimizer.update_groups):
+            _step_checks.refuse_shared(self._shared, self._positions, self._shapes, self.optimizer_name,
+                                       type(self).__name__)
         self._fmodel = fmodel
         self._grad_callback = grad_callback
         self._track_higher_grads = True if track_higher_grads is None else track_higher_grads
@@ -362,6 +368,9 @@ class DifferentiableOptimizer:
 
         Returns:
             The new fast weights; parameters without a gradient are returned as given.
+            A parameter listed in several groups (appended to a second group after
+            the reference was built) is stepped once per group, in order, each step
+            from the previous one's weight and state, as ``torch.optim`` steps it.
 
         Example:
             >>> class Global(DifferentiableOptimizer):
@@ -380,9 +389,9 @@ class DifferentiableOptimizer:
             indices = [i for i in group["params"] if grads[i] is not None]
             if not indices:
                 continue
-            group_params = [params[i] for i in indices]
+            group_params = [new_params[i] for i in indices]  # a parameter in an earlier group too: its new value
             group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
-            layout = self._flat_layout(number, indices, group_params, group_grads)
+            layout = self._flat_layout(number, group, indices, group_params, group_grads)
             pending = lazy and layout is not None and store.pending.get(number) is layout
             if lazy and not pending:
                 store.settle(number)
@@ -404,7 +413,7 @@ class DifferentiableOptimizer:
                 elif updated is not None:  # a plain dict assigned to param_state: fill it now
                     store.update(zip(indices, layout.per_tensor_states()))
             if updated is None:
-                states = [s or self.init_state(params[i], group) for i, s in zip(indices, existing)]
+                states = [s or self.init_state(new_params[i], group) for i, s in zip(indices, existing)]
                 if any(p.is_complex() for p in group_params):
                     updated, new_states = self._update_complex(group, group_params, group_grads, states)
                 else:
@@ -415,10 +424,17 @@ class DifferentiableOptimizer:
                 new_params[i] = p
         return new_params
 
-    def _flat_layout(self, number: int, indices: list[int], params: list[torch.Tensor],
+    def _flat_layout(self, number: int, group: Mapping[str, Any], indices: list[int], params: list[torch.Tensor],
                      grads: list[torch.Tensor]) -> _flat.FlatGroup | None:
-        """Group ``number``'s flat layout if this step can lay it out (``higher_core._flat``), else ``None``."""
-        if not self.flat_weights or self.scope != "element":
+        """Group ``number``'s flat layout if this step can lay it out (``higher_core._flat``), else ``None``.
+
+        A group with a hyperparameter of one value per element (a tensor with
+        dimensions, shaped for each parameter, not for the flat buffer) is
+        stepped per tensor, with the same numbers.
+        """
+        if (not self.flat_weights or self.scope != "element"
+                or _flat.shaped_hyperparameters(group, self.param_groups[number])
+                or (self._shared and not self._shared.isdisjoint(indices))):  # its state is another group's too
             return None
         layout = self._flat_groups.get(number)
         if layout is not None and layout.holds(indices, params, grads):
@@ -514,6 +530,7 @@ class DifferentiableOptimizer:
         """The fast weights a step starts from: ``params``, or the patched module's latest.
 
         Raises:
+            TypeError: ``params`` is not a sequence of tensors.
             ValueError: without ``params`` and without an fmodel, or for a wrong count.
         """
         if params is None:
@@ -523,7 +540,7 @@ class DifferentiableOptimizer:
                     "without fmodel"
                 )
             params = self._fmodel.fast_params
-        params = list(params)
+        params = _step_checks.check_params(params)
         if len(params) != self._num_params:
             raise ValueError(
                 f"step() got {len(params)} parameters but the optimizer was built for "
@@ -547,7 +564,8 @@ class DifferentiableOptimizer:
         return groups
 
     def _normalized(self, override: Override | None) -> dict[str, list[Any]]:
-        return normalize_override(override, self.param_groups, self.optimizer_name, self.tensor_hyperparameters)
+        return normalize_override(override, self.param_groups, self.optimizer_name, self.tensor_hyperparameters,
+                                  self._shapes)
 
     def _check_merged(self, groups: list[dict[str, Any]], normalized: Mapping[str, list[Any]]) -> None:
         """The plugin's and the reference constructor's checks of groups with ``normalized`` applied."""
@@ -565,13 +583,13 @@ class DifferentiableOptimizer:
 
         Raises:
             TypeError, ValueError: ``loss`` is not a scalar tensor, reaches none
-                of ``params``; the callback returns something other than one
+                of ``params``, or none of ``params`` requires grad; the callback returns something other than one
                 gradient of each parameter's shape (or ``None``) per parameter; a
                 gradient is sparse.
         """
-        _step_checks.check_loss(loss)
-        callback = grad_callback or self._grad_callback
         targets = [i for i, p in enumerate(params) if p.requires_grad]
+        _step_checks.check_loss(loss, bool(targets))
+        callback = grad_callback or self._grad_callback
         grads: list[torch.Tensor | None] = [None] * len(params)
         if targets:
             computed = torch.autograd.grad(

@@ -53,30 +53,66 @@ def _per_group(key: str, value: Any, num_groups: int) -> list[Any]:
     return values
 
 
-def _one_value(key: str, value: Any, group_index: int) -> Any:
-    """A scalar hyperparameter: a real number or a 0-d / one-element tensor (kept as given)."""
+def _one_value(key: str, value: Any, group_index: int, shapes: Sequence[tuple[int, ...]] | None = None,
+               positions: Sequence[int] = ()) -> Any:
+    """One hyperparameter value: a real number or a real tensor (kept as given).
+
+    With ``shapes`` (the shapes of the group's parameters, at ``positions`` in the fast weights), a
+    tensor may hold one value per element (Meta-SGD's learned lrs): it is legal
+    when broadcasting it against each of them leaves that parameter's shape
+    unchanged (0-d, the parameter's own shape, or any shape that broadcasts to
+    it). Without ``shapes`` it must hold one value.
+    """
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(
-                f"override[{key!r}] for param group {group_index} is a tensor of shape "
-                f"{tuple(value.shape)}; a hyperparameter must be a number or a 0-d tensor "
-                "(torch.tensor(0.1)), or it would broadcast into the parameters"
-            )
         if value.is_complex() or value.dtype == torch.bool:
             raise ValueError(f"override[{key!r}] for param group {group_index} must be a real tensor, got {value.dtype}")
+        if shapes is None:
+            if value.numel() != 1:
+                raise ValueError(
+                    f"override[{key!r}] for param group {group_index} is a tensor of shape "
+                    f"{tuple(value.shape)}; here a hyperparameter must be a number or a 0-d tensor "
+                    "(torch.tensor(0.1))"
+                )
+            return value
+        for position, shape in zip(positions, shapes):
+            _check_broadcast(key, value, group_index, position, shape)
         return value
     if value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
         return value
     raise ValueError(
         f"override[{key!r}] for param group {group_index} must be a number or a 0-d tensor, "
-        f"got {type(value).__name__}"
+        f"got {type(value).__name__}" + ("" if shapes is None else
+                                         "; a tensor may also hold one value per element of its parameters")
     )
 
 
-def _check_value(key: str, value: Any, current: Any, group_index: int) -> Any:
+def _check_broadcast(key: str, value: torch.Tensor, group_index: int, position: int,
+                     shape: tuple[int, ...]) -> None:
+    """Refuse a tensor hyperparameter that would change the shape of parameter ``position`` (of ``shape``).
+
+    ``position`` is the parameter's position in the fast weights (``reference_params``).
+    """
+    try:
+        result = tuple(torch.broadcast_shapes(value.shape, shape))
+    except RuntimeError:
+        result = None
+    if result == tuple(shape):
+        return
+    change = "does not broadcast against it" if result is None else f"would make its fast weight {result}"
+    raise ValueError(
+        f"override[{key!r}] for param group {group_index} is a tensor of shape {tuple(value.shape)}, but "
+        f"its parameter {position} has shape {tuple(shape)}: the value {change}. A tensor "
+        f"hyperparameter must broadcast to each parameter of its group without changing its shape: "
+        f"a 0-d tensor (torch.tensor(0.1)), one value per element (shape {tuple(shape)}), or a shape "
+        "that broadcasts to it; give a param group of its own to a parameter of another shape"
+    )
+
+
+def _check_value(key: str, value: Any, current: Any, group_index: int,
+                 shapes: Sequence[tuple[int, ...]] | None = None, positions: Sequence[int] = ()) -> Any:
     """``value`` in the structure of ``current`` (a tuple like ``betas``, or one scalar)."""
     if not isinstance(current, tuple):
-        return _one_value(key, value, group_index)
+        return _one_value(key, value, group_index, shapes, positions)
     if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == len(current):
         return value  # a learned pair, unpacked by the update rule
     if not _is_sequence(value) or len(value) != len(current):
@@ -85,7 +121,7 @@ def _check_value(key: str, value: Any, current: Any, group_index: int) -> Any:
             f"entries like {current!r}, got {value!r}; wrap a tuple in a list: "
             f"{{{key!r}: [{current!r}]}}"
         )
-    return tuple(_one_value(key, v, group_index) for v in value)
+    return tuple(_one_value(key, v, group_index, shapes, positions) for v in value)
 
 
 def normalize_override(
@@ -93,6 +129,7 @@ def normalize_override(
     param_groups: Sequence[Mapping[str, Any]],
     optimizer_name: str,
     declared: Sequence[str] | None = None,
+    shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> dict[str, list[Any]]:
     """Validate an override dict and expand it to one value per param group.
 
@@ -104,6 +141,10 @@ def normalize_override(
         declared: the hyperparameters that may be overridden (a differentiable
             optimizer's ``tensor_hyperparameters``); ``None`` allows every group key
             but ``params`` (for writing values back into a ``torch.optim`` optimizer).
+        shapes: the shapes of the parameters, by position (``group["params"]`` holds
+            positions): a tensor value may then hold one value per element, if it
+            broadcasts to each parameter of its group unchanged. Without it a
+            tensor value must hold one value.
 
     Raises:
         ValueError: for a key that may not be overridden (the message lists the
@@ -125,8 +166,11 @@ def normalize_override(
                 f"valid keys: {', '.join(valid)}"
             )
         values = _per_group(key, value, len(param_groups))
-        result[key] = [_check_value(key, v, group[key], index)
-                       for index, (group, v) in enumerate(zip(param_groups, values))]
+        result[key] = [
+            _check_value(key, v, group[key], index,
+                         None if shapes is None else [shapes[i] for i in group["params"]],
+                         group["params"])
+            for index, (group, v) in enumerate(zip(param_groups, values))]
     return result
 
 
@@ -141,11 +185,17 @@ def merged_groups(param_groups: Sequence[Mapping[str, Any]],
     return groups
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, current: Any, extreme: str) -> Any:
+    """A group value as the reference's constructor takes it; a per-element tensor as its ``extreme`` element."""
     if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
+        return tuple(_plain(v, None, extreme) for v in value)
     if isinstance(value, torch.Tensor):
-        return value.detach().item() if value.numel() == 1 else tuple(v.item() for v in value.detach())
+        value = value.detach()
+        if value.numel() == 1:
+            return value.item()
+        if isinstance(current, tuple):  # a learned pair (betas as one 1-D tensor)
+            return tuple(v.item() for v in value)
+        return (value.amin() if extreme == "min" else value.amax()).item()
     return value
 
 
@@ -189,7 +239,8 @@ def validate_with_reference(reference: type, groups: Sequence[Mapping[str, Any]]
     every plugin gets ``torch.optim``'s validation (negative ``lr``, ``betas``
     outside ``[0, 1)``) without writing it. Values that require grad (learned
     hyperparameters, and the finite-difference probes of their gradients) are
-    not checked: the reference sees the group's own value there. A constructor
+    not checked; a tensor of one value per element is probed with its smallest
+    and its largest element: the reference sees the group's own value there. A constructor
     that cannot be probed this way (it needs more than a parameter list, or
     refuses the un-overridden ``base_groups`` too) is not used. Verdicts are
     cached per type and values, so an override repeated at every step is
@@ -200,15 +251,18 @@ def validate_with_reference(reference: type, groups: Sequence[Mapping[str, Any]]
     if not keys or not keys <= accepted:
         return
 
-    def arguments(group: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-        return tuple(sorted((k, _plain(base[k] if _learned(v) else v)) for k, v in group.items() if k in accepted))
+    def arguments(group: Mapping[str, Any], base: Mapping[str, Any], extreme: str) -> tuple[tuple[str, Any], ...]:
+        return tuple(sorted((k, _plain(base[k] if _learned(v) else v, base[k], extreme))
+                            for k, v in group.items() if k in accepted))
 
     for index, (group, base) in enumerate(zip(groups, base_groups)):
-        try:
-            refusal = _refusal(reference, arguments(group, base))
+        try:  # a per-element value is probed with its smallest and its largest element
+            probes = {arguments(group, base, extreme) for extreme in ("min", "max")}
+            refusal = next((r for r in map(functools.partial(_refusal, reference), sorted(probes, key=repr))
+                            if r is not None and r != "?"), None)
         except TypeError:  # an unhashable value: not probed
             return
-        if refusal is None or refusal == "?" or _refusal(reference, arguments(base, base)) is not None:
+        if refusal is None or _refusal(reference, arguments(base, base, "min")) is not None:
             continue
         raise ValueError(
             f"override of {', '.join(sorted(keys))} for param group {index}: {optimizer_name} refuses "

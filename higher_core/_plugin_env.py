@@ -1,9 +1,11 @@
 """The plugin host's environment variables, read as users spell them.
 
 ``HIGHER_CORE_STRICT_PLUGINS`` takes ``1/0``, ``true/false``, ``yes/no``, ``on/off`` in any
-case; ``HIGHER_CORE_PLUGINS`` and ``HIGHER_CORE_DISABLE_PLUGINS`` take comma-separated entry
+case (empty is off); another value is a ``ValueError`` listing these spellings, raised when the
+plugins are loaded, as it cannot be told whether the user meant on or off.
+``HIGHER_CORE_PLUGINS`` and ``HIGHER_CORE_DISABLE_PLUGINS`` take comma-separated entry
 point or distribution names, compared after PEP 503 normalisation (``higher_adam``,
-``Higher-Adam`` and ``higher.adam`` all name ``higher-adam``). A value or a name that matches
+``Higher-Adam`` and ``higher.adam`` all name ``higher-adam``). A name that matches
 nothing gives a :class:`~higher_core.errors.PluginLoadWarning` naming the variable.
 """
 
@@ -33,23 +35,25 @@ def normalize(name: str) -> str:
 
 
 def strict() -> bool:
-    """Whether ``HIGHER_CORE_STRICT_PLUGINS`` is on; an unknown value warns and counts as on."""
+    """Whether ``HIGHER_CORE_STRICT_PLUGINS`` is on.
+
+    Raises:
+        ValueError: for a value that is none of the accepted spellings (the
+            message lists them).
+    """
     raw = os.environ.get(STRICT_ENV)
     if raw is None:
         return False
     value = raw.strip().lower()
     if value in _ON:
         return True
-    if value not in _OFF:
-        warnings.warn(
-            f"{STRICT_ENV}={raw!r} is not a recognised value; accepted (any case): "
-            f"{'/'.join(_ON)} to turn it on, {'/'.join(_OFF[:-1])} to turn it off. "
-            "Treating it as on.",
-            PluginLoadWarning,
-            stacklevel=4,
-        )
-        return True
-    return False
+    if value in _OFF:
+        return False
+    raise ValueError(
+        f"{STRICT_ENV}={raw!r} is not a recognised value; accepted (any case): "
+        f"{'/'.join(_ON)} to turn it on, {'/'.join(_OFF[:-1])} (or empty) to turn it off. "
+        f"Set one of them, or unset {STRICT_ENV}"
+    )
 
 
 def _names(variable: str) -> set[str] | None:

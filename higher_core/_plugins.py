@@ -267,7 +267,12 @@ class PluginHost:
 
     # -- entry points -----------------------------------------------------------------
     def _discover(self) -> None:
-        """Load every selected entry point; raises ``KeyboardInterrupt`` with discovery unfinished."""
+        """Load every selected entry point; raises ``KeyboardInterrupt`` with discovery unfinished.
+
+        An unknown ``HIGHER_CORE_STRICT_PLUGINS`` value is refused first (a
+        ``ValueError``, with discovery unfinished), whether or not a plugin fails.
+        """
+        strict()
         self._failures = []
         self._excluded = []
         self._unavailable = []

@@ -16,8 +16,11 @@ __all__ = [
     "check_export_target",
     "check_loss",
     "check_no_duplicates",
+    "check_params",
     "check_reached",
     "check_strided",
+    "refuse_shared",
+    "shared_positions",
 ]
 
 
@@ -42,14 +45,63 @@ def check_no_duplicates(groups: Sequence[Sequence[int]], shapes: Sequence[tuple[
             seen.add(i)
 
 
-def check_loss(loss: Any) -> None:
-    """Refuse a loss that is not a scalar tensor requiring grad, naming ``loss`` and the fix."""
+def check_params(params: Any) -> list[torch.Tensor]:
+    """``step(params=...)`` as a list, refused unless a sequence of tensors, naming the first bad entry."""
+    if isinstance(params, torch.Tensor) or not isinstance(params, Iterable):
+        raise TypeError(
+            f"step(params=...): params must be a sequence of tensors (the fast weights, in the order of "
+            f"reference_params), got {type(params).__name__}"
+        )
+    params = list(params)
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(
+                f"step(params=...): params[{i}] is a {type(p).__name__}, not a tensor; pass one tensor per "
+                "fast weight, in the order of reference_params (e.g. fmodel.fast_params)"
+            )
+    return params
+
+
+def shared_positions(groups: Sequence[Sequence[int]]) -> frozenset[int]:
+    """The positions listed in more than one param group (a parameter appended to a second group)."""
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for positions in groups:
+        shared.update(seen.intersection(positions))
+        seen.update(positions)
+    return frozenset(shared)
+
+
+def refuse_shared(shared: Iterable[int], groups: Sequence[Sequence[int]], shapes: Sequence[tuple[int, ...]],
+                  name: str, rule: str) -> None:
+    """Refuse a parameter in several param groups for a rule that steps every group at once."""
+    i = min(shared)
+    numbers = [n for n, positions in enumerate(groups) if i in positions]
+    raise ValueError(
+        f"parameter {i} (shape {shapes[i]}) is in param groups {', '.join(map(str, numbers))} of the "
+        f"{name}; torch.optim steps such a parameter once per group, which {rule} cannot follow (it steps "
+        "every group at once, or with its own step): put each parameter in one param group"
+    )
+
+
+def check_loss(loss: Any, trainable: bool = True) -> None:
+    """Refuse a loss that is not a scalar tensor requiring grad, naming ``loss`` and the fix.
+
+    ``trainable``: whether any fast weight requires grad; if none does (every
+    parameter frozen), that is what the message says, whatever the loss.
+    """
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"step(loss): loss must be a tensor computed from the fast weights, got {type(loss).__name__}")
     if loss.numel() != 1:
         raise ValueError(
             f"step(loss): loss must be a scalar, got a tensor of shape {tuple(loss.shape)}; "
             "reduce it first (loss.sum() or loss.mean())"
+        )
+    if not trainable:
+        raise ValueError(
+            "step(loss): no fast weight requires grad (every parameter is frozen, requires_grad=False), "
+            "so there is nothing to step; unfreeze the parameters to train (p.requires_grad_()) before "
+            "building the inner loop, or do not call step"
         )
     if not loss.requires_grad:
         raise ValueError(

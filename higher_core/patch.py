@@ -16,6 +16,7 @@ tensor. The original module is never modified.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -129,12 +130,16 @@ class PatchedModule(nn.Module):
         device = check_device(device, type(self).__name__)
         super().__init__()
         module = unwrap_ddp(module)  # a DistributedDataParallel: patch the module it wraps
-        reference = list(module.parameters())
-        patched = shallow_tree_copy(module, device)
-        paths = _parameters_to_attributes(patched, reference)
+        again = isinstance(module, PatchedModule)
+        if again:  # patched again: its latest fast weights are the parameters
+            reference, patched, paths = module._copy_for_patching(device)
+        else:
+            reference = list(module.parameters())
+            patched = shallow_tree_copy(module, device)
+            paths = _parameters_to_attributes(patched, reference)
         meta = [(p.shape, p.dtype, device_of(p.device, device)) for p in reference]
         self._setup(patched, paths, meta, track_higher_grads, device)
-        for rnn in self.__dict__["_rnns"]:
+        for rnn in self.__dict__["_rnns"] if not again else ():  # (a patched module's copies have them)
             rnn.register_forward_pre_hook(_rnn_cudnn_off)
             rnn.register_forward_hook(_rnn_cudnn_restore, always_call=True)
         self.__dict__["_reference_params"] = reference  # the module's own, in order (no second walk)
@@ -158,6 +163,42 @@ class PatchedModule(nn.Module):
         d["_buffers"] = patched._buffers
         self.track_higher_grads = check_bool(track_higher_grads, f"{type(self).__name__}(track_higher_grads=...)")
 
+    def _copy_for_patching(self, device: torch.device | None) -> tuple[list[torch.Tensor], nn.Module, list[list[str]]]:
+        """A copy of this module's tree for patching it again: the latest fast weights, the copy, their names.
+
+        The fast weights are put back where ``nn.Module`` keeps parameters while the
+        tree is copied (so that the copy owns its caches of them, as for a module),
+        then moved into the copy's attributes under the same names.
+        """
+        if self._fast_params is None:
+            raise ValueError(
+                "monkeypatch(module=...) got a patched module with no fast weights yet (from make_functional); "
+                "call it with params=[...] first, or patch the original module"
+            )
+        reference = self._sync()
+        with self._fast_weights_as_parameters():
+            patched = shallow_tree_copy(self._patched, device)
+        paths = [list(names) for names in self._slot_paths]
+        for names in paths:
+            for path in names:
+                owner, _, name = path.rpartition(".")
+                sub = patched.get_submodule(owner)
+                sub.__dict__[name] = sub._parameters.pop(name)
+        return reference, patched, paths
+
+    @contextlib.contextmanager
+    def _fast_weights_as_parameters(self) -> Iterator[None]:
+        """Put the fast weights back where ``nn.Module`` looks for parameters, for the ``with`` block only."""
+        for slots in self._slots:
+            for attrs, params, name in slots:
+                params[name] = attrs.pop(name)
+        try:
+            yield
+        finally:
+            for slots in self._slots:
+                for attrs, params, name in slots:
+                    attrs[name] = params.pop(name)
+
     @classmethod
     def _from_parts(cls, patched: nn.Module, paths: list[list[str]], meta: list[Meta],
                     fast: list[torch.Tensor] | None, track_higher_grads: bool,
@@ -175,7 +216,7 @@ class PatchedModule(nn.Module):
             params = check_fast_weights(params, self._param_meta, self._names, "fmodel(..., params=)")
             latest = self.fast_params
             if latest is None or any(a is not b for a, b in zip(latest, params)):
-                self._install(params)
+                self._install(params, detach_initial=False)  # a caller's weights stay as given (hyper-networks)
         elif self._fast_params is None:
             raise ValueError(
                 "this patched module has no fast weights yet: call it with params=[...] or "
@@ -196,10 +237,16 @@ class PatchedModule(nn.Module):
         """
         self._install(check_fast_weights(params, self._param_meta, self._names, "update_params"))
 
-    def _install(self, params: list[torch.Tensor]) -> None:
-        """:meth:`update_params` after the checks."""
+    def _install(self, params: list[torch.Tensor], detach_initial: bool = True) -> None:
+        """:meth:`update_params` after the checks; ``forward(params=)`` installs without detaching anything.
+
+        Test mode detaches in the optimizer's step and in :meth:`update_params`,
+        never what a caller passes to ``forward(params=)``: a hyper-network's
+        weights must keep their graph.
+        """
         initial = self._initial
-        if initial is not None and self._fast_params is not None and not self._track_higher_grads:
+        if (detach_initial and initial is not None and self._fast_params is not None
+                and not self._track_higher_grads):
             params = [p.detach().requires_grad_(p.requires_grad) if p is q else p
                       for p, q in zip(params, initial)]
             self.__dict__["_initial"] = None
@@ -322,16 +369,8 @@ class PatchedModule(nn.Module):
         latest = self.fast_params
         if latest is None:
             return self._patched.state_dict(*args, **kwargs)
-        # Put the fast weights back where nn.Module looks for parameters, for this call only.
-        for slots in self._slots:
-            for attrs, params, name in slots:
-                params[name] = attrs.pop(name)
-        try:
+        with self._fast_weights_as_parameters():
             return self._patched.state_dict(*args, **kwargs)
-        finally:
-            for slots in self._slots:
-                for attrs, params, name in slots:
-                    attrs[name] = params.pop(name)
 
     def detach_(self) -> PatchedModule:
         """Cut the graph here: the latest fast weights become detached leaves (truncated backprop).

@@ -96,6 +96,7 @@ ROWS = [
     BadInput(lambda: patch.monkeypatch(_net(), track_higher_grads="no"), TypeError, r"monkeypatch\(track_higher_grads=", "string flag"),
     BadInput(lambda: patch.monkeypatch(_net(), copy_initial_weights="yes"), TypeError, r"monkeypatch\(copy_initial_weights=", "string flag"),
     BadInput(lambda: patch.monkeypatch(_net(), device="nowhere"), ValueError, r"monkeypatch\(device='nowhere'\)", "unknown device"),
+    BadInput(lambda: patch.monkeypatch(patch.make_functional(_net())), ValueError, r"monkeypatch\(module=\.\.\.\) got a patched module with no fast weights yet.*params=", "patched, no weights"),
     BadInput(lambda: patch.make_functional({"w": 1}), TypeError, r"make_functional\(module=.*got dict", "a dict"),
     BadInput(lambda: patch.make_functional(_net(), encapsulator=5), TypeError, r"make_functional\(encapsulator=", "not callable"),
     BadInput(lambda: patch.PatchedModule(_net(), track_higher_grads="yes"), TypeError, r"PatchedModule\(track_higher_grads=", "string flag"),
@@ -179,3 +180,42 @@ def test_a_compiled_model_is_unwrapped_with_a_warning():
             diffopt.step(fnet(x).pow(2).sum())
             fnet(x).pow(2).sum().backward()
     assert net.weight.grad is not None and net.weight.grad.shape == net.weight.shape
+
+
+class _Tied(nn.Module):
+    """An embedding tied to the output layer, and an LSTM (whose weight cache the copy must own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(5, 3)
+        self.rnn = nn.LSTM(3, 3, batch_first=True)
+        self.out = nn.Linear(3, 5)
+        self.out.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(self.embed(tokens))[0])
+
+
+@pytest.mark.parametrize("copy_initial_weights", [True, False])
+@pytest.mark.parametrize("make", [lambda: nn.Linear(2, 1).double(), lambda: _Tied().double()], ids=["linear", "tied+lstm"])
+def test_a_patched_module_patched_again_runs_on_its_fast_weights(make, copy_initial_weights):
+    """``monkeypatch(fnet)``: the same output, starting from fnet's latest fast weights; its own steps
+    leave fnet alone, and without copies the meta-gradient reaches fnet's weights."""
+    torch.manual_seed(0)
+    net = make()
+    x = torch.randn(4, 2, dtype=torch.float64) if isinstance(net, nn.Linear) else torch.tensor([[0, 3, 1], [4, 2, 2]])
+    fnet = patch.monkeypatch(net)
+    fnet.update_params([p * 1.5 for p in fnet.fast_params])  # fast weights that are not the module's
+    before = [p.detach().clone() for p in fnet.fast_params]
+    again = patch.monkeypatch(fnet, copy_initial_weights=copy_initial_weights)
+    output = fnet(x).detach()
+    assert torch.equal(again(x), output)
+    assert all(torch.equal(a, b) for a, b in zip(again.fast_params, fnet.fast_params))
+    assert [n for n, _ in again.named_parameters()] == [n for n, _ in fnet.named_parameters()]
+    diffopt = higher.get_diff_optim(torch.optim.SGD(net.parameters(), lr=0.1), net.parameters(), fmodel=again)
+    diffopt.step(again(x).pow(2).sum())
+    assert not torch.equal(again(x), fnet(x))
+    assert all(torch.equal(p, b) for p, b in zip(fnet.fast_params, before))  # fnet is untouched
+    assert torch.equal(fnet(x), output)
+    grads = torch.autograd.grad(again(x).pow(2).sum(), fnet.fast_params, allow_unused=True)
+    assert all((g is not None) == (not copy_initial_weights) for g in grads)

@@ -55,11 +55,18 @@ def _stale_twice(copy: bool = True, track: bool = True) -> None:
         diffopt.step(loss)
 
 
-def _without_fmodel(loss_of: Callable[[list[torch.Tensor]], Any], **kwargs: Any) -> None:
+def _without_fmodel(loss_of: Callable[[list[torch.Tensor]], Any],
+                    params: Callable[[list[torch.Tensor]], Any] = lambda fast: fast, **kwargs: Any) -> None:
     net = _net()
     diffopt = higher.get_diff_optim(torch.optim.SGD(net.parameters(), lr=0.1), net.parameters(), **kwargs)
-    fast = [p.detach().clone().requires_grad_() for p in net.parameters()]
-    diffopt.step(loss_of(fast), params=fast)
+    tasks = kwargs.get("tasks")
+    fast = [(p if tasks is None else p.expand(tasks, *p.shape)).detach().clone().requires_grad_()
+            for p in net.parameters()]
+    diffopt.step(loss_of(fast), params=params(fast))
+
+
+def _loss_of_weight(fast: list[torch.Tensor]) -> torch.Tensor:
+    return fast[0].pow(2).sum()
 
 
 def _callback(returns: Callable[[list[Any]], Any], at_step: bool = False) -> None:
@@ -136,6 +143,58 @@ def _muon_ns_coefficients() -> None:
     higher.get_diff_optim(opt, net.parameters(), override={"ns_coefficients": [torch.tensor([1.0, 2.0, 3.0])]})
 
 
+class _Scaled(nn.Module):
+    """A 0-d learned scale after a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 1)
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.scale
+
+
+def _per_element_lr(lrs: list[torch.Tensor], at_step: bool = False) -> None:
+    """Meta-SGD: one param group per parameter of ``_Scaled`` (scale, fc.weight, fc.bias), ``lrs`` one per group."""
+    net = _Scaled()
+    opt = _SGD([{"params": [p]} for p in net.parameters()], lr=0.1)
+    if not at_step:
+        higher.get_diff_optim(opt, net.parameters(), override={"lr": lrs})
+        return
+    with higher.innerloop_ctx(net, opt) as (fnet, diffopt):
+        diffopt.step(_loss(fnet), override={"lr": lrs})
+
+
+def _in_two_groups(opt_type: type, second_lr: float = 0.05, **kwargs: Any) -> tuple[nn.Module, Any]:
+    """A model whose first layer's weight is appended to the second param group after the optimizer was built."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    first, *rest = list(net.parameters())
+    opt = opt_type([{"params": [first]}, {"params": rest, "lr": second_lr}], lr=0.1, **kwargs)
+    opt.param_groups[1]["params"].append(first)
+    return net, opt
+
+
+def _two_groups_prodigy() -> None:
+    import prodigyopt
+
+    net, opt = _in_two_groups(prodigyopt.Prodigy, second_lr=0.1)
+    higher.get_diff_optim(opt, net.parameters())
+
+
+def _all_frozen(track: bool = True, tasks: int | None = None, opt_type: type = torch.optim.SGD) -> None:
+    """Every parameter frozen, then a step (the loss itself needs no grad then)."""
+    net = _net()
+    net.requires_grad_(False)
+    opt = opt_type(net.parameters(), lr=0.1)
+    with higher.innerloop_ctx(net, opt, track_higher_grads=track, tasks=tasks) as (fnet, diffopt):
+        if opt_type is torch.optim.LBFGS:
+            diffopt.step(lambda params: _loss(lambda x: fnet(x, params=params)))
+        else:
+            diffopt.step(_loss(fnet) if tasks is None else fnet(X.expand(tasks, 3, 2)).pow(2).sum((1, 2)))
+
+
 _SGD = torch.optim.SGD
 
 ROWS = [
@@ -151,6 +210,15 @@ ROWS = [
     pytest.param(lambda: _step(lambda f, n: f(X).pow(2).sum(1)), ValueError, r"step\(loss\): loss must be a scalar.*shape \(3,\)", id="1-D loss"),
     pytest.param(lambda: _step(lambda f, n: 1.5), TypeError, r"step\(loss\): loss must be a tensor.*float", id="a float loss"),
     pytest.param(lambda: _step(lambda f, n: None), TypeError, r"step\(loss\): loss must be a tensor.*NoneType", id="None loss"),
+    pytest.param(lambda: _all_frozen(), ValueError, r"step\(loss\): no fast weight requires grad \(every parameter is frozen.*unfreeze", id="every parameter frozen"),
+    pytest.param(lambda: _all_frozen(track=False), ValueError, r"step\(loss\): no fast weight requires grad", id="every parameter frozen, test mode"),
+    pytest.param(lambda: _all_frozen(tasks=2), ValueError, r"step\(loss\): no fast weight requires grad", id="every parameter frozen, tasks"),
+    pytest.param(lambda: _all_frozen(opt_type=torch.optim.LBFGS), ValueError, r"no fast weight requires grad", id="every parameter frozen, LBFGS"),
+    # step(params=...): one tensor per fast weight
+    pytest.param(lambda: _without_fmodel(_loss_of_weight, params=lambda fast: [fast[0], 1.0]), TypeError, r"step\(params=\.\.\.\): params\[1\] is a float, not a tensor; pass one tensor per fast weight", id="a float in params"),
+    pytest.param(lambda: _without_fmodel(_loss_of_weight, params=lambda fast: [None, fast[1]]), TypeError, r"step\(params=\.\.\.\): params\[0\] is a NoneType, not a tensor", id="None in params"),
+    pytest.param(lambda: _without_fmodel(_loss_of_weight, params=lambda fast: fast[0]), TypeError, r"step\(params=\.\.\.\): params must be a sequence of tensors.*got Tensor", id="one tensor as params"),
+    pytest.param(lambda: _without_fmodel(_loss_of_weight, params=lambda fast: [fast[0], 1.0], tasks=2), TypeError, r"step\(params=\.\.\.\): params\[1\] is a float", id="a float in params, tasks"),
     # grad_callback: one gradient per parameter, None or of the parameter's shape
     pytest.param(lambda: _callback(lambda gs: None), TypeError, r"grad_callback returned None.*return", id="forgot return"),
     pytest.param(lambda: _callback(lambda gs: None, at_step=True), TypeError, r"grad_callback returned None.*return", id="forgot return, step"),
@@ -162,6 +230,9 @@ ROWS = [
     # a parameter listed twice in one group
     pytest.param(lambda: _duplicate(_SGD), ValueError, r"param group 0 lists parameter 0 \(shape \(1, 2\)\) twice", id="duplicate, SGD"),
     pytest.param(lambda: _duplicate(torch.optim.Adam), ValueError, r"param group 0 lists parameter 0 .*twice", id="duplicate, Adam"),
+    pytest.param(_two_groups_prodigy, ValueError,
+                 r"parameter 0 \(shape \(4, 3\)\) is in param groups 0, 1 of the prodigyopt\.(prodigy\.)?Prodigy.*once per group.*"
+                 r"put each parameter in one param group", id="a parameter in two groups, Prodigy"),
     # sparse gradients
     pytest.param(lambda: _sparse(torch.optim.Adam), ValueError, r"torch\.optim\.Adam.*sparse gradient.*sparse=False", id="sparse, Adam"),
     pytest.param(lambda: _sparse(torch.optim.Adagrad), ValueError, r"torch\.optim\.Adagrad.*sparse gradient", id="sparse, Adagrad"),
@@ -181,6 +252,18 @@ ROWS = [
     pytest.param(lambda: _override(torch.optim.Adam, {"betas": [(1.5, 0.99)]}), ValueError, r"(?i)beta", id="beta out of range"),
     pytest.param(lambda: _override(_SGD, {"lr": [torch.full((4,), 0.1)]}), ValueError, r"lr", id="lr of shape (4,)"),
     pytest.param(lambda: _override(_SGD, {"lr": ["0.1"]}), (TypeError, ValueError), r"lr", id="string lr"),
+    pytest.param(lambda: _per_element_lr([torch.full((1,), 0.1), torch.full((1, 2), 0.1), torch.full((1,), 0.1)]), ValueError,
+                 r"override\['lr'\] for param group 0 is a tensor of shape \(1,\), but its parameter 0 has shape \(\): "
+                 r"the value would make its fast weight \(1,\)", id="per-element lr (1,) for a 0-d parameter"),
+    pytest.param(lambda: _per_element_lr([0.1, torch.full((2, 1), 0.1), 0.1], at_step=True), ValueError,
+                 r"override\['lr'\] for param group 1 is a tensor of shape \(2, 1\), but its parameter 1 has shape "
+                 r"\(1, 2\): the value would make its fast weight \(2, 2\)", id="per-element lr (2, 1) for a (1, 2) weight, step"),
+    pytest.param(lambda: _per_element_lr([0.1, torch.full((3,), 0.1), 0.1]), ValueError,
+                 r"override\['lr'\] .* shape \(3,\), but its parameter 1 has shape \(1, 2\): the value does not "
+                 r"broadcast against it", id="per-element lr (3,) for a (1, 2) weight"),
+    pytest.param(lambda: _per_element_lr([0.1, torch.tensor([[0.1, -0.1]]), 0.1]), ValueError,
+                 r"override of lr for param group 1: torch\.optim\.SGD refuses these values: Invalid learning rate",
+                 id="per-element lr with negative entries"),
     pytest.param(lambda: _override(torch.optim.Adam, {"amsgrad": [True]}), ValueError, r"amsgrad", id="flag after the first step"),
     pytest.param(lambda: _override(torch.optim.RMSprop, {"centered": [True]}, at_step=False), ValueError, r"centered", id="RMSprop flag"),
     pytest.param(_muon_ns_coefficients, ValueError, r"ns_coefficients", id="Muon ns_coefficients",
@@ -271,3 +354,83 @@ def test_a_sparse_gradient_made_dense_in_the_callback_is_stepped_as_torch_steps_
             reference(idx).pow(2).sum().backward()
             ropt.step()
         torch.testing.assert_close(fnet.fast_params[0], reference.weight, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize(("opt_type", "kwargs"), [
+    (torch.optim.SGD, {"momentum": 0.9}), (torch.optim.Adam, {"amsgrad": True}), (torch.optim.Adagrad, {}),
+    (torch.optim.RMSprop, {"momentum": 0.5, "centered": True}),
+], ids=["SGD", "Adam", "Adagrad", "RMSprop"])
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "per-tensor"])
+def test_a_parameter_in_two_param_groups_is_stepped_once_per_group_as_torch_does(opt_type, kwargs, flat, monkeypatch):
+    """Appended to a second group after the optimizer was built: torch steps it once per group, each
+    step from the previous one's weight and state; so do we (float64, rtol 1e-10), flat groups included."""
+    from higher_core import _flat
+
+    monkeypatch.setattr(_flat, "MIN_TENSORS", 2)  # the second group (three tensors) would be laid out flat
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    net, opt = _in_two_groups(opt_type, **kwargs)
+    reference, ropt = _in_two_groups(opt_type, **kwargs)
+    with higher.innerloop_ctx(net, opt) as (fnet, diffopt):
+        diffopt.flat_weights = flat
+        for _ in range(3):
+            diffopt.step(fnet(x).pow(2).sum())
+            ropt.zero_grad()
+            reference(x).pow(2).sum().backward()
+            ropt.step()
+        for ours, theirs in zip(fnet.fast_params, reference.parameters()):
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=0)
+        for i, p in enumerate(reference.parameters()):
+            for key, value in ropt.state[p].items():
+                torch.testing.assert_close(torch.as_tensor(diffopt.param_state[i][key], dtype=value.dtype), value,
+                                           rtol=1e-10, atol=0)
+        diffopt.export_state(opt)
+    for p, q in zip(net.parameters(), reference.parameters()):
+        assert sorted(opt.state[p]) == sorted(ropt.state[q])
+        for key, value in ropt.state[q].items():
+            torch.testing.assert_close(opt.state[p][key], value, rtol=1e-10, atol=0)
+
+
+def test_a_parameter_in_two_param_groups_with_tasks_steps_each_task_as_torch_does():
+    x = torch.randn(3, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    net, opt = _in_two_groups(torch.optim.Adam)
+    with higher.innerloop_ctx(net, opt, tasks=3, override={"lr": [torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), 0.05]}) as (fnet, diffopt):
+        for _ in range(2):
+            diffopt.step(fnet(x).pow(2).sum((1, 2)))
+        batched = [p.detach() for p in fnet.fast_params]
+    for t, lr in enumerate((0.1, 0.2, 0.3)):
+        reference, ropt = _in_two_groups(torch.optim.Adam)
+        ropt.param_groups[0]["lr"] = lr
+        for _ in range(2):
+            ropt.zero_grad()
+            reference(x[t]).pow(2).sum().backward()
+            ropt.step()
+        for ours, theirs in zip(batched, reference.parameters()):
+            torch.testing.assert_close(ours[t], theirs, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.float64, torch.float16),
+                                    (torch.float16, torch.bfloat16, torch.float64)], ids=["bf16-f64-f16", "f16-bf16-f64"])
+def test_adafactor_on_layers_of_three_dtypes_equals_torch(dtypes):
+    """torch.optim.Adafactor with eps1=None takes the machine epsilon of the first parameter's dtype for the
+    whole group; small gradients make the clamps bite, where a per-parameter epsilon differed by 2e-2."""
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.ModuleList([nn.Linear(3, 3).to(dtypes[0]), nn.Linear(3, 3).to(dtypes[1]), nn.Linear(3, 2).to(dtypes[2])])
+
+    def loss(layers: Any, x: torch.Tensor) -> torch.Tensor:
+        for k, layer in enumerate(layers):
+            x = layer(x.to(layer.weight.dtype)).double()
+            x = x.tanh() if k < 2 else x
+        return 1e-3 * x.pow(2).sum()
+
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    net, reference = model(), model()
+    ropt = torch.optim.Adafactor(reference.parameters(), lr=0.01)
+    with higher.innerloop_ctx(net, torch.optim.Adafactor(net.parameters(), lr=0.01)) as (fnet, diffopt):
+        for _ in range(5):
+            diffopt.step(loss(fnet, x))
+            ropt.zero_grad()
+            loss(reference, x).backward()
+            ropt.step()
+        for ours, theirs in zip(fnet.fast_params, reference.parameters()):
+            assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)

@@ -134,6 +134,36 @@ def test_per_task_lr_override(learned):
                                    torch.autograd.grad(total, lrs)[0], rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_per_element_lrs_meta_sgd_equal_per_task_loops(name):
+    """Meta-SGD with tasks=: one learned lr per parameter element (a param group per parameter) gives each
+    task the fast weights and state of its own inner loop, and the summed meta-gradient w.r.t. the lrs."""
+    model = _mlp()
+    x, y = _tasks()
+    opt_type = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[name]
+    make_opt = lambda m: opt_type([{"params": [p]} for p in m.parameters()], lr=0.1)  # noqa: E731
+    torch.manual_seed(2)
+    lrs = [(0.1 * torch.rand_like(p)).requires_grad_() for p in model.parameters()]
+    fasts, states, total = [], [], 0
+    for t in range(T):
+        with higher_core.innerloop_ctx(model, make_opt(model), copy_initial_weights=False,
+                                       override={"lr": lrs}) as (fmodel, diffopt):
+            for _ in range(STEPS):
+                diffopt.step(mse_loss(fmodel(x[t]), y[t]))
+            total = total + mse_loss(fmodel(x[t]), y[t])
+            fasts.append(fmodel.fast_params)
+            states.append(diffopt.param_state)
+    with higher_core.innerloop_ctx(model, make_opt(model), copy_initial_weights=False, tasks=T,
+                                   override={"lr": lrs}) as (fmodel, diffopt):
+        for _ in range(STEPS):
+            diffopt.step(_per_task_losses(fmodel(x), y))
+        batched_total = _per_task_losses(fmodel(x), y).sum()
+    _assert_same(fmodel, diffopt, fasts, states)
+    for ours, theirs in zip(torch.autograd.grad(batched_total, [*model.parameters(), *lrs]),
+                            torch.autograd.grad(total, [*model.parameters(), *lrs])):
+        torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=ATOL)
+
+
 def test_per_task_override_at_a_step_and_bad_shapes():
     model = _mlp()
     x, y = _tasks()
@@ -356,3 +386,66 @@ def test_mlp_without_vmap_keeps_the_modules_errors():
     assert fmodel._plan is not None
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         fmodel(torch.randn(T, 5, 3, dtype=DT))
+
+
+@pytest.mark.parametrize("copy_initial_weights", [True, False])
+@pytest.mark.parametrize("name", ["sgd-momentum-nesterov", "adam-amsgrad-weight_decay"])
+def test_test_mode_detaches_every_weight_as_the_unbatched_path(name, copy_initial_weights):
+    """track_higher_grads=False: every returned weight is a detached leaf, the one no step touched too
+    (it stayed the model's expanded parameter before), so nothing reaches the model."""
+    model = _mlp(unused=True)
+    x, y = _tasks()
+    with higher_core.innerloop_ctx(model, OPTIMIZERS[name](model), tasks=T, track_higher_grads=False,
+                                   copy_initial_weights=copy_initial_weights) as (fmodel, diffopt):
+        for _ in range(2):
+            new = diffopt.step(_per_task_losses(fmodel(x), y))
+            assert all(p.is_leaf and p.grad_fn is None and p.requires_grad for p in new)
+            assert all(a is b for a, b in zip(new, fmodel.fast_params))
+        sum(p.sum() for p in new).backward()
+    assert all(p.grad is None for p in model.parameters())
+
+
+class _Failing(nn.Module):
+    """A module whose forward raises ``error`` once, as memory running out under vmap would (the loop,
+    one task at a time, would then succeed). Not an MLP: it runs under vmap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 1).double()
+        self.error: BaseException | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return self.lin(x).tanh()
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 80 GB"),
+    RuntimeError("a bug in the module"),
+    NotImplementedError("a method the module leaves to subclasses"),
+], ids=["cuda-oom", "cpu-oom", "a RuntimeError", "a NotImplementedError"])
+def test_vmap_errors_other_than_an_unsupported_op_propagate_and_keep_the_mode(error):
+    """Out of memory or the module's own error: raised as it is, and vmap stays the mode for the next call."""
+    model = _Failing()
+    fmodel = higher_core.monkeypatch(model, tasks=T)
+    x = torch.randn(T, 3, 2, dtype=DT)
+    model_copy = fmodel._module
+    model_copy.error = error
+    with pytest.raises(type(error), match=str(error)[:20]):
+        fmodel(x)
+    assert fmodel.batching == "vmap" and fmodel.fallback_reason is None
+    assert fmodel(x).shape == (T, 3, 1) and fmodel.batching == "vmap"
+
+
+@pytest.mark.parametrize("call", [lambda t: t.sum().item(), lambda t: bool(t.sum() > 0)], ids=["item", "branch"])
+def test_what_vmap_cannot_batch_falls_back_to_the_loop(call):
+    """vmap's own refusals (.item(), data-dependent control flow) are what switches to the loop, with the reason."""
+    from higher_core.batched._module import unsupported_by_vmap
+
+    with pytest.raises(RuntimeError) as raised:
+        torch.func.vmap(call)(torch.ones(2, 3))
+    assert unsupported_by_vmap(raised.value)
+    assert not unsupported_by_vmap(torch.OutOfMemoryError("vmap: CUDA out of memory"))

@@ -427,3 +427,38 @@ def test_a_plain_dict_assigned_to_param_state_is_filled_by_flat_steps():
     for i, expected in reference_state.items():
         assert state[i]["step"] == expected["step"] == 2
         assert torch.equal(state[i]["exp_avg_sq"], expected["exp_avg_sq"])
+
+
+class _SameShapes(nn.Module):
+    """Three weight matrices of one shape, so that one per-element lr broadcasts to each of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.ws = nn.ParameterList([nn.Parameter(torch.randn(4, 3, dtype=torch.float64)) for _ in range(3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum((x @ w.T).tanh().sum() for w in self.ws)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (3,), (1, 3), (1, 1)])
+@pytest.mark.parametrize("make_opt", [lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), adam],
+                         ids=["sgd", "adam"])
+def test_a_per_element_lr_steps_the_group_per_tensor_with_the_same_numbers(shape, make_opt):
+    """An lr shaped for each parameter (not for the flat buffer): the group is stepped per tensor, with the
+    numbers of flat_weights=False (a (1, 1) lr made the flat buffer (1, N) before)."""
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    lr0 = 0.02 + 0.1 * torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    runs = {}
+    for flat in (True, False):
+        model = _SameShapes()
+        lr = lr0.clone().requires_grad_()
+        with higher_core.innerloop_ctx(model, make_opt(model), override={"lr": [lr]}) as (fmodel, diffopt):
+            diffopt.flat_weights = flat
+            for _ in range(3):
+                diffopt.step(fmodel(x))
+            runs[flat] = (list(fmodel.fast_params), torch.autograd.grad(fmodel(x), lr)[0], diffopt._flat_groups)
+    (weights, meta, layouts), (reference, reference_meta, _) = runs[True], runs[False]
+    assert not layouts  # nothing was laid out
+    assert all(torch.equal(a, b) for a, b in zip(weights, reference))
+    assert torch.equal(meta, reference_meta)

@@ -373,3 +373,74 @@ def test_per_parameter_learned_lr_in_a_defaultdict_as_maml_plus_plus():
         params = [p - lr * g for p, lr, g in zip(params, lrs, gs)]
     expected = torch.autograd.grad((x @ params[0].T + params[1]).pow(2).sum(), lrs)
     torch.testing.assert_close(list(grads), list(expected), rtol=1e-10, atol=0)
+
+
+# -- issue 24: real higher code that must keep running ---------------------------------------------
+def _meta_sgd_by_hand(net: nn.Module, lrs: list[torch.Tensor], x: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """p <- p - lr * g element by element, on leaves: the meta-gradient w.r.t. each per-element lr."""
+    lrs = [lr.detach().clone().requires_grad_() for lr in lrs]
+    params = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    for _ in range(steps):
+        gs = torch.autograd.grad((x @ params[0].T + params[1]).pow(2).sum(), params, create_graph=True)
+        params = [p - lr * g for p, lr, g in zip(params, lrs, gs)]
+    return list(torch.autograd.grad((x @ params[0].T + params[1]).pow(2).sum(), lrs))
+
+
+def test_meta_sgd_learns_one_lr_per_parameter_element():
+    """Meta-SGD: a param group per parameter and ``lr_i = init_lr * ones_like(p_i)`` learned, as higher ran it."""
+    net, x, init_lr = _linear(), torch.randn(4, 3, dtype=torch.float64), 0.1
+    opt = torch.optim.SGD([{"params": [p]} for p in net.parameters()], lr=init_lr)
+    lrs = [(init_lr * torch.ones_like(p)).requires_grad_() for p in net.parameters()]
+    with higher.innerloop_ctx(net, opt, override={"lr": lrs}) as (fnet, diffopt):
+        for _ in range(2):
+            diffopt.step(fnet(x).pow(2).sum())
+        meta = fnet(x).pow(2).sum()
+    grads = torch.autograd.grad(meta, lrs)
+    assert all(g.shape == lr.shape and g.abs().min() > 0 for g, lr in zip(grads, lrs))
+    torch.testing.assert_close(list(grads), _meta_sgd_by_hand(net, lrs, x, 2), rtol=1e-10, atol=0)
+
+
+def test_meta_sgd_lrs_in_a_parameter_list_at_every_step():
+    """The same with the lrs in an ``nn.ParameterList`` given at each step, and of distinct values."""
+    net, x = _linear(), torch.randn(4, 3, dtype=torch.float64)
+    opt = torch.optim.SGD([{"params": [p]} for p in net.parameters()], lr=0.1)
+    torch.manual_seed(1)
+    lrs = nn.ParameterList([nn.Parameter(0.2 * torch.rand_like(p)) for p in net.parameters()])
+    with higher.innerloop_ctx(net, opt) as (fnet, diffopt):
+        for _ in range(3):
+            diffopt.step(fnet(x).pow(2).sum(), override={"lr": lrs})
+        meta = fnet(x).pow(2).sum()
+    grads = torch.autograd.grad(meta, list(lrs))
+    torch.testing.assert_close(list(grads), _meta_sgd_by_hand(net, list(lrs), x, 3), rtol=1e-10, atol=0)
+
+
+def test_a_hyper_network_drives_a_functional_module_in_test_mode():
+    """``make_functional(net)``, ``track_higher_grads = False``, ``f_net(x, params=hypernet(z))``: the loss
+    reaches the hyper-network (higher detached in the optimizer's step, never explicit ``params=``)."""
+    torch.manual_seed(0)
+    net, hyper = nn.Linear(3, 2).double(), nn.Linear(4, 8).double()
+    f_net = patch.make_functional(net)
+    f_net.track_higher_grads = False
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for _ in range(2):  # a new set of weights at every call
+        z = torch.randn(4, dtype=torch.float64)
+        weights = hyper(z)
+        loss = f_net(x, params=[weights[:6].view(2, 3), weights[6:]]).pow(2).sum()
+        grads = torch.autograd.grad(loss, list(hyper.parameters()), retain_graph=True)
+        by_hand = torch.autograd.grad((x @ weights[:6].view(2, 3).T + weights[6:]).pow(2).sum(),
+                                      list(hyper.parameters()))
+        torch.testing.assert_close(list(grads), list(by_hand), rtol=1e-12, atol=0)
+
+
+def test_explicit_params_keep_their_graph_in_test_mode_and_the_step_still_detaches():
+    """Test mode with monkeypatch: an initial (aliasing) weight passed back through ``params=`` is not cut
+    from the model; the optimizer's step then returns detached weights only."""
+    net, hyper = _linear(), nn.Linear(2, 3).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    fnet = patch.monkeypatch(net, copy_initial_weights=False, track_higher_grads=False)
+    weight = hyper(torch.ones(2, dtype=torch.float64)).view(1, 3)
+    loss = fnet(x, params=[weight, fnet.fast_params[1]]).pow(2).sum()
+    assert all(g is not None for g in torch.autograd.grad(loss, [*hyper.parameters(), net.bias]))
+    diffopt = higher.get_diff_optim(torch.optim.SGD(net.parameters(), lr=0.1), net.parameters(), fmodel=fnet)
+    new = diffopt.step(fnet(x).pow(2).sum())
+    assert all(p.is_leaf and p.requires_grad for p in new) and fnet.fast_params == new

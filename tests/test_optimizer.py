@@ -151,8 +151,8 @@ def test_step_override_takes_precedence():
         ({"lr": [-0.1]}, r"override of lr for param group 0: torch\.optim\.Adam refuses these values: "
                          r"Invalid learning rate: -0\.1"),
         ({"betas": [(1.5, 0.99)]}, r"Invalid beta parameter at index 0: 1\.5"),
-        ({"lr": [torch.ones(4)]}, r"override\['lr'\] for param group 0 is a tensor of shape \(4,\); "
-                                  r"a hyperparameter must be a number or a 0-d tensor"),
+        ({"lr": [torch.ones(4)]}, r"override\['lr'\] for param group 0 is a tensor of shape \(4,\), but its "
+                                  r"parameter 0 has shape \(4, 3\): the value does not broadcast against it"),
         ({"betas": [(torch.tensor(0.9), torch.ones(2))]}, r"override\['betas'\] .* shape \(2,\)"),
         ({"lr": [True]}, r"override\['lr'\] for param group 0 must be a number or a 0-d tensor, got bool"),
         ({"betas": (0.5, 0.6)}, r"override\['betas'\] for param group 0 must have 2 entries"),

@@ -12,8 +12,9 @@ hook, no buffer) skips ``vmap``: it runs as batched matrix products, the ops
 ``vmap``'s rule for ``F.linear`` emits, without its per-call set-up
 (:mod:`higher_core.batched._matmul`; about 8x less per call for the demo's MLP).
 A module ``vmap`` cannot batch (an operator without a batching rule, a
-data-dependent branch) falls back, transparently and for good, to a Python loop
-over the tasks with the same numbers; :attr:`BatchedPatchedModule.batching` then
+data-dependent branch: an error ``vmap`` raises saying so) falls back, transparently and
+for good, to a Python loop over the tasks with the same numbers (any other error,
+out of memory included, propagates and changes no mode); :attr:`BatchedPatchedModule.batching` then
 says ``"loop"`` and ``fallback_reason`` why. A module
 with convolutions on the CPU starts in the loop, which measures faster there
 than ``vmap``'s grouped convolutions (``benchmarks/batched_tasks.py``); the
@@ -22,6 +23,7 @@ optimizer step stays batched either way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -45,6 +47,28 @@ def _check_tasks(tasks: Any) -> int:
     if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
         raise ValueError(f"tasks must be a positive int (the number of tasks in the meta-batch), got {tasks!r}")
     return tasks
+
+
+#: what torch.func.vmap's messages say when it cannot batch an operator (its C++ and Python errors:
+#: "vmap: It looks like you're attempting to use a Tensor in some data-dependent control flow",
+#: "vmap: ... .item()", "Batching rule not implemented for aten::...", "vmap: We do not support
+#: batching operators that can output dynamic shape", an autograd.Function without a vmap rule)
+_VMAP_UNSUPPORTED = re.compile(r"\bvmap\b|batching rule", re.IGNORECASE)
+_OUT_OF_MEMORY = re.compile(r"out of memory|not enough memory|can't allocate memory", re.IGNORECASE)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or bool(_OUT_OF_MEMORY.search(str(exc)))
+
+
+def unsupported_by_vmap(exc: BaseException) -> bool:
+    """Whether ``exc`` is ``vmap`` saying it cannot batch an operator (then the loop runs the tasks).
+
+    Never an out-of-memory error, nor any other error (a bug in the module,
+    a wrong input): those propagate, and the execution mode stays as it is.
+    """
+    return (isinstance(exc, (RuntimeError, NotImplementedError)) and not _out_of_memory(exc)
+            and bool(_VMAP_UNSUPPORTED.search(str(exc))))
 
 
 def _stack_outputs(outputs: list[Any]) -> Any:
@@ -143,7 +167,9 @@ class BatchedPatchedModule(nn.Module):
             if self._plan is not None and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
                 try:
                     out = _matmul.run(self._plan, fast, args[0])
-                except RuntimeError:  # (a wrong input shape): vmap, then the loop, raise the module's own error
+                except RuntimeError as exc:  # (a wrong input shape): vmap raises the module's own error
+                    if _out_of_memory(exc):
+                        raise
                     out = None
                 if out is not None:
                     return out
@@ -153,6 +179,11 @@ class BatchedPatchedModule(nn.Module):
                 self.__dict__["_task_buffers"] = buffers
                 return out
             except (RuntimeError, NotImplementedError) as exc:
+                if _out_of_memory(exc):
+                    raise
+                if not unsupported_by_vmap(exc):  # the module's own error: as its forward words it, mode kept
+                    self._looped(fast, [b.clone() for b in self._task_buffers], args, kwargs)
+                    raise  # (the loop ran: the error was vmap's alone)
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         buffers = [b.clone() for b in self._task_buffers]
         out = self._looped(fast, buffers, args, kwargs)  # raises the module's own error if it fails too

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from higher_core import _higher_compat
+from higher_core import _higher_compat, _step_checks
 from higher_core._optimizer import DifferentiableOptimizer, GradCallback, State
 from higher_core._overrides import Override
 from higher_core.batched import _overrides as per_task
@@ -198,24 +198,21 @@ class BatchedDifferentiableOptimizer:
             raise BatchingError("step(): a closure cannot be batched over tasks; pass the per-task losses, shape "
                                 f"[{self.tasks}]")
         params = self._fast_weights(params)
-        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-            raise ValueError("step(loss): the loss does not require grad, so it was not computed from the fast "
-                             "weights (was it computed under torch.no_grad(), or from the original module?)")
-        if loss.dim() != 0 and tuple(loss.shape) != (self.tasks,):
+        if isinstance(loss, torch.Tensor) and loss.dim() != 0 and tuple(loss.shape) != (self.tasks,):
             raise ValueError(f"step(loss): give the per-task losses, shape [{self.tasks}] (or their sum, a "
                              f"scalar), got shape {tuple(loss.shape)}")
         groups = self._groups_for_step(override)
-        grads = self._rules[0].gradients(loss.sum() if loss.dim() else loss, params, grad_callback)
+        total = loss.sum() if isinstance(loss, torch.Tensor) and loss.dim() else loss
+        grads = self._rules[0].gradients(total, params, grad_callback)  # checks the loss as an unbatched step
         if self.scope == "element":
             new_params = self._element_step(groups, params, grads)
         else:
             new_params = self._per_task_step(groups, params, grads)
+        # the unbatched end of a step (test mode detaches every weight, stepped or not; the fmodel is updated)
+        new_params = self._rules[0].finish_step(params, new_params)
         if not self.track_higher_grads:
-            new_params = [p.detach().requires_grad_(old.requires_grad) if p is not old else p
-                          for p, old in zip(new_params, params)]
-            self.detach_state()
-        if self._fmodel is not None:
-            self._fmodel.update_params(new_params)
+            for rule in self._rules[1:]:
+                rule.detach_state()
         return new_params
 
     def _element_step(self, groups: list[dict[str, Any]], params: list[torch.Tensor],
@@ -234,7 +231,7 @@ class BatchedDifferentiableOptimizer:
             for piece in pieces:
                 call = [{**g, "params": []} for g in groups]
                 call[number] = piece  # the group's own position: its running state, its device checks
-                stepped = rule.update_groups(call, params, grads)
+                stepped = rule.update_groups(call, new_params, grads)  # a parameter in two groups: in order
                 for i in piece["params"]:
                     new_params[i] = stepped[i]
         return new_params
@@ -256,7 +253,7 @@ class BatchedDifferentiableOptimizer:
                 raise ValueError("step() needs params= (the stacked fast weights) because this optimizer was "
                                  "created without fmodel")
             return list(self._fmodel.fast_params)
-        params = list(params)
+        params = _step_checks.check_params(params)
         if len(params) != len(self._shapes):
             raise ValueError(f"step() got {len(params)} parameters but the optimizer was built for "
                              f"{len(self._shapes)}; pass every fast weight, in the order of reference_params")

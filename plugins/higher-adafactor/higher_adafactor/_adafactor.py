@@ -79,8 +79,12 @@ class DifferentiableAdafactor(DifferentiableOptimizer):
     so meta-gradients see how the relative step size and the update clipping
     depend on the weights. The row and column means of :math:`G_t^2` have torch's
     forward values but are differentiated as plain means of squares, so
-    meta-gradients stay finite for all-zero gradient rows. ``foreach`` changes no
-    numbers here.
+    meta-gradients stay finite for all-zero gradient rows. :math:`\epsilon_1`
+    ``None`` is the machine epsilon of the first parameter stepped in the group,
+    for every parameter of the group, as torch's for-loop reads it (its
+    ``foreach`` path takes the first dtype of its own grouping instead, which can
+    differ in a group of mixed dtypes; this follows the for-loop). ``foreach``
+    changes no numbers here.
 
     Example:
         >>> import torch, higher_core
@@ -109,6 +113,20 @@ class DifferentiableAdafactor(DifferentiableOptimizer):
         else:
             state["variance"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
+
+    def update(
+        self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor], states: list[State]
+    ) -> tuple[list[torch.Tensor], list[State]]:
+        r"""Each parameter in turn; :math:`\epsilon_1` ``None`` is read once per group, as torch reads it.
+
+        torch sets ``eps1`` to the machine epsilon of the *first* parameter's dtype
+        stepped in the group and keeps it for the others, so in a group mixing
+        float64, bfloat16 and float16 layers every parameter uses the first one's.
+        """
+        eps1, eps2 = group["eps"]
+        if eps1 is None and params:
+            group = {**group, "eps": (torch.finfo(params[0].dtype).eps, eps2)}
+        return super().update(group, params, grads, states)
 
     def update_one(
         self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State

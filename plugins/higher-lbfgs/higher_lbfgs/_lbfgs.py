@@ -192,7 +192,8 @@ class _Run:
     # -- flat views --------------------------------------------------------------------
     def evaluate(self, current: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         loss = self.closure(current)
-        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+        frozen = not any(p.requires_grad for p in current)  # gradients() says so, whatever the loss
+        if not isinstance(loss, torch.Tensor) or not (loss.requires_grad or frozen):
             raise ValueError(
                 "closure(params) returned a loss that does not require grad, so it was not computed "
                 "from the fast weights it was given (was it computed under torch.no_grad(), or from "
