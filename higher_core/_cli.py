@@ -99,7 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="exit with status 1 when a plugin failed to load or two plugins conflict")
     args = parser.parse_args(argv)
 
-    report = plugin_report()
+    try:
+        report = plugin_report()
+    except ValueError as error:  # a plugin environment variable with a value it does not take
+        print(f"higher-core: {error}", file=sys.stderr)
+        return 2
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()

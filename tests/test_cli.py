@@ -81,3 +81,24 @@ def test_strict_environment_still_prints_the_report(broken_plugin):
     assert result.returncode == 0, result.stderr
     assert "FAILED higher-broken-cli 0.3: ImportError: missing dependency xyz" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_strict_value_is_one_clear_line_not_a_traceback():
+    result = _run("plugins", env_extra={"HIGHER_CORE_STRICT_PLUGINS": "n"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("higher-core: HIGHER_CORE_STRICT_PLUGINS='n'")
+    assert "accepted" in result.stderr and result.stdout == ""
+
+
+def test_a_plugin_for_an_optimizer_this_torch_lacks_is_listed_as_unavailable(tmp_path):
+    (tmp_path / "higher_future_cli.py").write_text(
+        "from higher_core.compat import torch_optimizer\nFutureOpt = torch_optimizer('FutureOpt')\n")
+    info = tmp_path / "higher_future_cli-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: higher-future-cli\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[higher_core.plugins]\nfuture = higher_future_cli\n")
+    result = _run("plugins", "--strict", pythonpath=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "UNAVAILABLE higher-future-cli 0.1: torch.optim.FutureOpt is not in this torch" in result.stdout
+    assert "FAILED" not in result.stdout
