@@ -258,3 +258,13 @@ def test_an_author_runs_the_kit_in_their_own_pytest(tmp_path):
     assert result.returncode == 0, out
     assert "4 passed, 1 skipped" in out, out  # parity, no_mutation, registered, flags; group_statistics n/a
     assert "Tiny[plain]: group_statistics does not apply" in out, out
+
+
+def test_a_problem_takes_a_0d_parameter():
+    problem = higher_core.testing.Problem([(2,), ()])
+    assert [tuple(p.shape) for p in problem.initial] == [(2,), ()]
+    assert problem.loss(problem.leaves()).dim() == 0
+    info = replace(INFO, shapes=((3,), ()))  # the 0-d parameter forms group 1 on its own
+    with plugged(ToyRule):
+        result = run_conformance(info, checks=("parity", "hypergradients", "export_state", "truncate"))
+    assert result == {"rows": 1, "checks": 5, "not_applicable": 1}  # Toy takes no implementation flag
