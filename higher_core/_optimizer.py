@@ -146,6 +146,14 @@ class DifferentiableOptimizer:
             )
             if "complex_parameters" not in cls.__dict__:
                 cls.complex_parameters = "real_view" if cls.__dict__["complex_as_real"] else "refuse"
+        if "_update_complex" in cls.__dict__:
+            warnings.warn(
+                f"{cls.__qualname__} defines _update_complex, which the base class no longer calls: "
+                f"complex parameters are stepped as complex_parameters declares "
+                f"({cls.complex_parameters!r}); remove _update_complex and declare complex_parameters = "
+                "'native' (the rule takes complex tensors as they are) or 'real_view'",
+                DeprecationWarning, stacklevel=2,
+            )
         own = cls.__mro__[:cls.__mro__.index(DifferentiableOptimizer)]
         cls._legacy_update = any("_update" in k.__dict__ for k in own) and not any(
             hook in k.__dict__ for k in own for hook in ("update_one", "update", "update_groups", "step"))
@@ -405,8 +413,10 @@ class DifferentiableOptimizer:
                     store.update(zip(indices, layout.per_tensor_states()))
             if updated is None:
                 states = [s or self.init_state(params[i], group) for i, s in zip(indices, existing)]
-                if any(p.is_complex() for p in group_params):
-                    updated, new_states = self._update_complex(group, group_params, group_grads, states)
+                if any(p.is_complex() for p in group_params):  # as declared: never an overridable method
+                    updated, new_states = _complex.step_complex(
+                        self.complex_parameters, self.update, group, group_params, group_grads, states,
+                        type(self).__name__, self.optimizer_name)
                 else:
                     updated, new_states = self.update(group, group_params, group_grads, states)
                 for i, state in zip(indices, new_states):
@@ -429,16 +439,6 @@ class DifferentiableOptimizer:
         if layout is None or not layout.fits(indices, params):
             layout = self._flat_groups[number] = _flat.FlatGroup(indices, params, lead)
         return layout
-
-    def _update_complex(self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
-                        states: list[State]) -> tuple[list[torch.Tensor], list[State]]:
-        if self.complex_parameters == "native":
-            return self.update(group, params, grads, states)
-        if self.complex_parameters == "real_view":
-            return _complex.on_real_views(self.update, group, params, grads, states)
-        raise ValueError(
-            f"{type(self).__name__} does not support complex parameters (as {self.optimizer_name} does not)"
-        )
 
     # -- hooks: state ----------------------------------------------------------------------
     def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State | None:

@@ -268,3 +268,21 @@ def test_a_problem_takes_a_0d_parameter():
     with plugged(ToyRule):
         result = run_conformance(info, checks=("parity", "hypergradients", "export_state", "truncate"))
     assert result == {"rows": 1, "checks": 5, "not_applicable": 1}  # Toy takes no implementation flag
+
+
+def test_a_declared_refusal_of_complex_parameters_wins_over_an_old_update_complex():
+    with pytest.warns(DeprecationWarning, match="defines _update_complex, which the base class no longer calls"):
+        class OldComplex(ToyRule):
+            complex_parameters = "refuse"
+
+            def _update_complex(self, group, params, grads, states):  # the old private hook: steps them anyway
+                return self.update(group, params, grads, states)
+
+    problem = higher_core.testing.Problem(INFO.shapes, dtype=torch.complex128)
+    params = problem.leaves()
+    with plugged(OldComplex):
+        diffopt = higher_core.get_diff_optim(Toy(params, lr=0.1), params)
+        with pytest.raises(ValueError, match=r"OldComplex does not support complex parameters .*"
+                                             r"complex_parameters = 'refuse'"):
+            diffopt.step(problem.loss(params), params=params)
+        check_complex(INFO, ROW)  # the kit's complex check sees the refusal
