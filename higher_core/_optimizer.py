@@ -209,6 +209,7 @@ class DifferentiableOptimizer:
         self.optimizer_name: str = qualified_name(type(other))
         #: the reference optimizer's type (its constructor validates overrides)
         self.reference_type: type = type(other)
+        self._reference_step = _state_io.held_step(other)  # what type export_state writes ``step`` in
         #: per param group: running state (:meth:`import_group_state`)
         self.group_state: list[State] = [self.import_group_state(group) for group in self.param_groups]
         self.check_param_groups(self.param_groups)
@@ -456,14 +457,24 @@ class DifferentiableOptimizer:
         return _state_io.import_param_state(state, device)
 
     def export_param_state(self, state: Mapping[str, Any], param: torch.Tensor) -> dict[str, Any]:
-        """One parameter's state as ``torch.optim`` keeps it (the inverse of :meth:`import_state`).
+        """One parameter's state as the reference keeps it (the inverse of :meth:`import_state`).
+
+        Tensors are detached onto the parameter's device. ``step`` is written in
+        the type the reference holds it: the type of a ``step`` in the reference's
+        state (at construction, or in the optimizer exported into); else a 0-d
+        tensor for an optimizer that steps with ``torch.optim``'s own code; else
+        (a third-party reference that has not stepped) a Python int, the count
+        such code keeps. **Override it** where that is wrong: a third-party
+        reference that keeps ``step`` as a tensor (a copy of ``torch.optim``'s
+        code) and is exported into before its first step, or other state the
+        reference keeps as a tensor and the rule as a number.
 
         Example:
             >>> class IntStep(DifferentiableOptimizer):
             ...     def export_param_state(self, state, param):
             ...         return {**super().export_param_state(state, param), "step": int(state["step"])}
         """
-        return _state_io.export_param_state(state, param)
+        return _state_io.export_param_state(state, param, self._reference_step)
 
     def import_group_state(self, group: dict[str, Any]) -> State:
         """Take a param group's running state out of the copied group (at construction).
@@ -691,7 +702,9 @@ class DifferentiableOptimizer:
         """Write this optimizer's state into ``opt`` (the optimizer it was built from).
 
         State tensors are copied detached onto each parameter's device, ``step``
-        as a tensor as ``torch.optim`` keeps it, and each group's running state
+        in the type the reference holds it (:meth:`export_param_state`: a tensor
+        for ``torch.optim``'s optimizers, an int for a reference that counts with
+        one), and each group's running state
         into ``opt``'s param groups (:meth:`export_group_state`), so that ordinary
         training can continue from the end of an inner loop. Pair it with
         :meth:`higher_core.patch.PatchedModule.copy_to` for the weights.
@@ -708,6 +721,9 @@ class DifferentiableOptimizer:
             True
         """
         self.check_export(opt)
+        held = _state_io.held_step(opt)
+        if held is not None and held is not _state_io.TORCH_STEP:  # the reference has stepped since: its type
+            self._reference_step = held
         exported = {param: self.export_param_state(self.param_state[index], param)
                     for ours, theirs in zip(self._positions, opt.param_groups)
                     for index, param in zip(ours, theirs["params"]) if self.param_state.get(index)}

@@ -70,3 +70,73 @@ def test_a_step_override_is_validated_once_per_distinct_value(registered):
     with pytest.raises(ValueError, match="refuses these values: Invalid learning rate: -0.1"):
         diffopt.step((fast[0] ** 2).sum(), params=fast, override={"lr": [-0.1]})
     assert fast[0].grad_fn is not None  # the step kept its graph: nothing cached holds or cuts it
+
+
+class IntCount(torch.optim.Optimizer):
+    """Bias-corrected momentum that counts steps with a Python int (as much research code does)."""
+
+    def __init__(self, params, lr=0.1, beta=0.9):
+        super().__init__(params, {"lr": lr, "beta": beta})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        with torch.enable_grad():
+            loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] = state.get("step", 0) + 1
+                state["m"] = state.get("m", torch.zeros_like(p)) * group["beta"] + p.grad
+                p.sub_(group["lr"] * state["m"] / (1 - group["beta"] ** state["step"]))
+        return loss
+
+
+class IntCountRule(DifferentiableOptimizer):
+    scope = "element"
+    start = 0.0  # as the built-in plugins count; the type of ``step`` the reference holds is exported
+
+    def init_state(self, param, group):
+        return {"step": self.start, "m": torch.zeros_like(param)}
+
+    def update_one(self, group, param, grad, state):
+        step = state["step"] + 1
+        m = state["m"] * group["beta"] + grad
+        return param - group["lr"] * m / (1 - group["beta"] ** step), {"step": step, "m": m}
+
+
+class IntCountIntRule(IntCountRule):
+    start = 0
+
+
+@pytest.mark.parametrize("rule", [IntCountRule, IntCountIntRule])
+def test_export_state_writes_step_in_the_type_the_reference_holds(registered, rule):
+    from higher_core.testing import OptimizerInfo, OptimizerInput, run_check
+
+    registered(IntCount, rule)
+    row = OptimizerInput({"lr": 0.1, "beta": 0.9}, "default")
+    run_check(OptimizerInfo(IntCount, [row], steps=3), "export_state", row)  # a float32 step: 6.0 relative
+    w = _weight()
+    opt = IntCount([w])
+    diffopt = higher_core.get_diff_optim(opt, [w])
+    fast = diffopt.step((w ** 2).sum(), params=[w])
+    diffopt.export_state(opt)
+    assert type(opt.state[w]["step"]) is int  # nothing tells (no state, not torch.optim): a Python count
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert opt.state[w]["step"] == 2
+    diffopt = higher_core.get_diff_optim(opt, [w])  # the reference holds an int now: an int it is
+    diffopt.step((fast[0] ** 2).sum(), params=fast)
+    diffopt.export_state(opt)
+    assert type(opt.state[w]["step"]) is int and opt.state[w]["step"] == 3
+
+
+def test_export_state_writes_torch_optimizers_step_as_a_tensor():
+    w = _weight()
+    opt = torch.optim.Adam([w], lr=0.1)
+    diffopt = higher_core.get_diff_optim(opt, [w])
+    diffopt.step((w ** 2).sum(), params=[w])
+    diffopt.export_state(opt)
+    step = opt.state[w]["step"]
+    assert isinstance(step, torch.Tensor) and step.dim() == 0 and step.dtype == torch.float32 and step == 1
