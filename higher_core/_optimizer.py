@@ -23,7 +23,9 @@ The contract (every name public; nothing else of the base class may be used):
   :meth:`~DifferentiableOptimizer.update_group_state`,
   :meth:`~DifferentiableOptimizer.export_group_state`.
 * **Options**: :meth:`~DifferentiableOptimizer.check_param_groups` refuses what
-  the rule cannot honour.
+  the rule cannot honour; :meth:`~DifferentiableOptimizer.import_options` reads
+  the options a reference keeps on its instance, not in its param groups
+  (AdaBelief's ``rectify``), into :attr:`~DifferentiableOptimizer.options`.
 * **Helpers** (call them from an overridden :meth:`~DifferentiableOptimizer.step`,
   as a closure optimizer such as LBFGS does): :meth:`~DifferentiableOptimizer.fast_weights`,
   :meth:`~DifferentiableOptimizer.groups_for_step`,
@@ -33,6 +35,7 @@ The contract (every name public; nothing else of the base class may be used):
   :meth:`~DifferentiableOptimizer.check_export`; and the attributes
   :attr:`~DifferentiableOptimizer.param_groups`, :attr:`~DifferentiableOptimizer.param_state`,
   :attr:`~DifferentiableOptimizer.group_state`, :attr:`~DifferentiableOptimizer.defaults`,
+  :attr:`~DifferentiableOptimizer.options`,
   :attr:`~DifferentiableOptimizer.track_higher_grads`,
   :attr:`~DifferentiableOptimizer.optimizer_name`.
 
@@ -210,6 +213,8 @@ class DifferentiableOptimizer:
         #: the reference optimizer's type (its constructor validates overrides)
         self.reference_type: type = type(other)
         self._reference_step = _state_io.held_step(other)  # what type export_state writes ``step`` in
+        #: options the reference keeps on its instance, not in its param groups (:meth:`import_options`)
+        self.options: dict[str, Any] = dict(self.import_options(other))
         #: per param group: running state (:meth:`import_group_state`)
         self.group_state: list[State] = [self.import_group_state(group) for group in self.param_groups]
         self.check_param_groups(self.param_groups)
@@ -291,6 +296,27 @@ class DifferentiableOptimizer:
             ...         if len(param_groups) != 1:
             ...             raise ValueError("OneGroup supports one param group")
         """
+
+    def import_options(self, other: torch.optim.Optimizer) -> Mapping[str, Any]:
+        """Read the options ``other`` keeps on its instance, not in its param groups; they become :attr:`options`.
+
+        Some references keep options as attributes (AdaBelief's ``rectify`` and
+        ``weight_decouple``, lion-pytorch's ``decoupled_wd``): they are not in
+        the copied param groups, cannot be overridden, and stay fixed. Called
+        once, at construction, with the reference optimizer, before
+        :meth:`check_param_groups` (which may read :attr:`options`); the rule
+        reads them as ``self.options[name]``. A batched optimizer's rules read
+        the same. The default reads none.
+
+        Example:
+            >>> class Rectified(DifferentiableOptimizer):
+            ...     def import_options(self, other):
+            ...         return {"rectify": bool(getattr(other, "rectify", True))}
+            ...     def update_one(self, group, param, grad, state):
+            ...         scale = 0.5 if self.options["rectify"] else 1.0
+            ...         return param - scale * group["lr"] * grad, state
+        """
+        return {}
 
     # -- hooks: the rule -------------------------------------------------------------------
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:

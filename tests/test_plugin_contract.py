@@ -140,3 +140,50 @@ def test_export_state_writes_torch_optimizers_step_as_a_tensor():
     diffopt.export_state(opt)
     step = opt.state[w]["step"]
     assert isinstance(step, torch.Tensor) and step.dim() == 0 and step.dtype == torch.float32 and step == 1
+
+
+class OnTheInstance(torch.optim.Optimizer):
+    """SGD that keeps an option on the instance, not in its param groups (as AdaBelief keeps ``rectify``)."""
+
+    def __init__(self, params, lr=0.1, halve=False):
+        super().__init__(params, {"lr": lr})
+        self.halve = halve
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        with torch.enable_grad():
+            loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.sub_(group["lr"] * (0.5 if self.halve else 1.0) * p.grad)
+        return loss
+
+
+class OnTheInstanceRule(DifferentiableOptimizer):
+    scope = "element"
+
+    def import_options(self, other):
+        return {"halve": other.halve}
+
+    def check_param_groups(self, param_groups):
+        assert "halve" in self.options  # read before the groups are checked
+
+    def update_one(self, group, param, grad, state):
+        return param - group["lr"] * (0.5 if self.options["halve"] else 1.0) * grad, state
+
+
+def test_options_kept_on_the_reference_instance_reach_the_rule(registered):
+    from higher_core.testing import OptimizerInfo, OptimizerInput, run_check
+
+    registered(OnTheInstance, OnTheInstanceRule)
+    rows = [OptimizerInput({"lr": 0.1}, "default"), OptimizerInput({"lr": 0.1, "halve": True}, "halve")]
+    info = OptimizerInfo(OnTheInstance, rows, steps=3)
+    for row in rows:
+        for check in ("parity", "export_state", "flat_weights"):
+            run_check(info, check, row)
+    w = _weight()
+    diffopt = higher_core.get_diff_optim(OnTheInstance([w], halve=True), [w])
+    assert diffopt.options == {"halve": True}
+    (new,) = diffopt.step((w ** 2).sum(), params=[w])
+    torch.testing.assert_close(new, w - 0.1 * 0.5 * 2 * w, rtol=0, atol=0)
