@@ -10,8 +10,10 @@ against the reference class:
   reference or one that already stepped, with complex and float32 parameters;
 * ``gradcheck``, ``hypergradients``, ``finite_meta_gradients``:
   ``gradcheck``/``gradgradcheck`` through two unrolled steps, w.r.t. the
-  weights and every tensor hyperparameter (finite-difference steps stay inside
-  the hyperparameter's range), finite meta-gradients with exact zeros;
+  weights and every tensor hyperparameter (a central difference with step
+  ``1e-6``, or 5% of a smaller value, so that ``eps=1e-8`` is probed on its own
+  scale and never at 0; leave one out by listing the others in the row's or the
+  table's ``hyperparameters``), finite meta-gradients with exact zeros;
 * ``frozen_and_unused``, ``no_mutation``: parameters without a gradient stay
   put, and a step changes none of its inputs in place;
 * ``export_state``, ``truncate``, ``group_statistics``: the reference
