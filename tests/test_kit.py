@@ -324,3 +324,24 @@ def test_the_hypergradient_probe_steps_on_the_scale_of_a_small_value():
         # leaving a hyperparameter out of the probe: list the ones to check, for a row or the table
         assert check_hypergradients(info, replace(ROW, hyperparameters=("lr",))) == ["lr"]
         assert check_hypergradients(replace(info, hyperparameters=()), ROW) == []
+
+
+class OwnStep(ToyRule):
+    """A rule with its own step (as LBFGS re-evaluates a closure): it cannot run batched over tasks."""
+
+    def step(self, loss, params=None, override=None, grad_callback=None, **kwargs):
+        return super().step(loss, params, override, grad_callback, **kwargs)
+
+
+def test_batched_tasks_are_a_kit_check_of_every_row():
+    assert "batched" in higher_core.testing.CHECKS and "check_batched" in higher_core.testing.__all__
+    with plugged(ToyRule):
+        # every check but group_statistics, flat_weights (scope "global") and the flags applies: batched too
+        assert run_conformance(INFO) == {"rows": 1, "checks": len(higher_core.testing.CHECKS) + 2 - 3,
+                                         "not_applicable": 3}
+        run_check(INFO, "batched", ROW)  # four tasks at once equal four inner loops, shared and per-task lr
+    with plugged(OwnStep), pytest.raises(NotApplicable, match=r"Toy\[momentum\]: batched does not apply: .*"
+                                                               r"has its own step .* cannot be batched"):
+        run_check(INFO, "batched", ROW)
+    with plugged(ToyRule), pytest.raises(NotApplicable, match="batched does not apply: no tasks here"):
+        run_check(replace(INFO, skips={"batched": "no tasks here"}), "batched", ROW)

@@ -21,6 +21,10 @@ against the reference class:
   without changing numbers, running statistics per group match the reference's;
 * ``flat_weights``: an element-wise rule stepped on flat buffers equals it
   stepped tensor by tensor, bit for bit (weights, state, meta-gradients);
+* ``batched``: ``tasks=4`` tasks stepped at once equal four separate inner
+  loops (fast weights, state, meta-gradients w.r.t. the weights and a learned
+  ``lr``, shared and one per task); not applicable to a rule that refuses
+  ``tasks=`` (its ``BatchingError`` is the reason: LBFGS's closure);
 * per table: every bad input is refused by the side its row names
   (``raised_by``), implementation flags change no number, and the reference
   type resolves to the plugin's class (``check_registered``).
@@ -59,6 +63,7 @@ from higher_core.testing._checks import (
     check_hypergradients,
     check_parity,
 )
+from higher_core.testing._batched_check import check_batched
 from higher_core.testing._flat_check import check_flat_weights
 from higher_core.testing._problem import NotApplicable, Problem
 from higher_core.testing._runner import (
@@ -94,6 +99,7 @@ __all__ = [
     "OptimizerInput",
     "NotApplicable",
     "Problem",
+    "check_batched",
     "check_complex",
     "check_continue_from_reference",
     "check_error_input",

@@ -41,6 +41,7 @@ CHECKS = (
     "truncate",
     "group_statistics",
     "flat_weights",
+    "batched",
 )
 """The checks run for every :class:`OptimizerInput` row."""
 
