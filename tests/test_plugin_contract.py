@@ -187,3 +187,20 @@ def test_options_kept_on_the_reference_instance_reach_the_rule(registered):
     assert diffopt.options == {"halve": True}
     (new,) = diffopt.step((w ** 2).sum(), params=[w])
     torch.testing.assert_close(new, w - 0.1 * 0.5 * 2 * w, rtol=0, atol=0)
+
+
+def test_the_plugin_guide_lists_every_class_attribute_with_its_default():
+    import pathlib
+    import typing
+
+    guide = (pathlib.Path(__file__).parents[1] / "docs" / "plugin-guide.md").read_text()
+    hints = typing.get_type_hints(DifferentiableOptimizer, include_extras=True)
+    declared = sorted(name for name, hint in hints.items()
+                      if not name.startswith("_") and typing.get_origin(hint) is typing.ClassVar)
+    assert declared == ["complex_parameters", "flat_weights", "scope", "tensor_hyperparameters"]
+    rows = {line.split("|")[1].strip(" `"): line for line in guide.splitlines() if line.startswith("| `")}
+    for name in declared:
+        assert name in rows, f"docs/plugin-guide.md does not list the class attribute {name}"
+        assert f"`{getattr(DifferentiableOptimizer, name)!r}`" in rows[name].replace('"', "'"), rows[name]
+    assert "**deprecated**" in rows["complex_as_real"]
+    assert "import_options" in guide and "export_param_state" in guide and "hyperparameters=" in guide
