@@ -34,7 +34,7 @@ _OWN_STEP = [info for info in _INFOS if _own_step(info)]
 # ``batched`` check, in tests/test_conformance.py.
 @pytest.mark.parametrize("info", _OWN_STEP, ids=[info.name for info in _OWN_STEP])
 def test_a_rule_with_its_own_step_is_not_batched_with_the_reason(info):
-    """A rule with its own step (LBFGS's closure) is refused ``tasks=``: the kit's check does not apply, and says why."""
+    """A rule with its own step (LBFGS's closure) is refused ``tasks=``: the kit's check does not apply, says why."""
     with pytest.raises(NotApplicable, match="cannot be batched"):
         check_batched(info, info.inputs[0], tasks=T)
 
