@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["on_real_views"]
+__all__ = ["on_real_views", "step_complex"]
 
 Update = Callable[..., "tuple[list[torch.Tensor], list[dict[str, Any]]]"]
 
@@ -41,3 +41,23 @@ def on_real_views(update: Update, group: Mapping[str, Any], params: list[torch.T
         restored_states.append({k: torch.view_as_complex(v) if k in complex_keys else v for k, v in new.items()})
     restored = [torch.view_as_complex(u) if p.is_complex() else u for p, u in zip(params, updated)]
     return restored, restored_states
+
+
+def step_complex(declared: str, update: Update, group: Mapping[str, Any], params: list[torch.Tensor],
+                 grads: list[torch.Tensor], states: list[dict[str, Any]], rule: str,
+                 optimizer_name: str) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """``update`` on a group with complex parameters, as the rule's ``complex_parameters`` declares.
+
+    ``"native"`` passes the complex tensors as they are, ``"real_view"`` their
+    real views (:func:`on_real_views`); ``"refuse"`` raises the ``ValueError``
+    that names the rule and the reference optimizer.
+    """
+    if declared == "native":
+        return update(group, params, grads, states)
+    if declared == "real_view":
+        return on_real_views(update, group, params, grads, states)
+    raise ValueError(
+        f"{rule} does not support complex parameters (as {optimizer_name} does not; it declares "
+        f"complex_parameters = {declared!r}); step real parameters, or use a rule that declares "
+        "complex_parameters = 'real_view' or 'native'"
+    )

@@ -23,7 +23,9 @@ The contract (every name public; nothing else of the base class may be used):
   :meth:`~DifferentiableOptimizer.update_group_state`,
   :meth:`~DifferentiableOptimizer.export_group_state`.
 * **Options**: :meth:`~DifferentiableOptimizer.check_param_groups` refuses what
-  the rule cannot honour.
+  the rule cannot honour; :meth:`~DifferentiableOptimizer.import_options` reads
+  the options a reference keeps on its instance, not in its param groups
+  (AdaBelief's ``rectify``), into :attr:`~DifferentiableOptimizer.options`.
 * **Helpers** (call them from an overridden :meth:`~DifferentiableOptimizer.step`,
   as a closure optimizer such as LBFGS does): :meth:`~DifferentiableOptimizer.fast_weights`,
   :meth:`~DifferentiableOptimizer.groups_for_step`,
@@ -33,6 +35,7 @@ The contract (every name public; nothing else of the base class may be used):
   :meth:`~DifferentiableOptimizer.check_export`; and the attributes
   :attr:`~DifferentiableOptimizer.param_groups`, :attr:`~DifferentiableOptimizer.param_state`,
   :attr:`~DifferentiableOptimizer.group_state`, :attr:`~DifferentiableOptimizer.defaults`,
+  :attr:`~DifferentiableOptimizer.options`,
   :attr:`~DifferentiableOptimizer.track_higher_grads`,
   :attr:`~DifferentiableOptimizer.optimizer_name`.
 
@@ -146,6 +149,14 @@ class DifferentiableOptimizer:
             )
             if "complex_parameters" not in cls.__dict__:
                 cls.complex_parameters = "real_view" if cls.__dict__["complex_as_real"] else "refuse"
+        if "_update_complex" in cls.__dict__:
+            warnings.warn(
+                f"{cls.__qualname__} defines _update_complex, which the base class no longer calls: "
+                f"complex parameters are stepped as complex_parameters declares "
+                f"({cls.complex_parameters!r}); remove _update_complex and declare complex_parameters = "
+                "'native' (the rule takes complex tensors as they are) or 'real_view'",
+                DeprecationWarning, stacklevel=2,
+            )
         own = cls.__mro__[:cls.__mro__.index(DifferentiableOptimizer)]
         cls._legacy_update = any("_update" in k.__dict__ for k in own) and not any(
             hook in k.__dict__ for k in own for hook in ("update_one", "update", "update_groups", "step"))
@@ -201,6 +212,9 @@ class DifferentiableOptimizer:
         self.optimizer_name: str = qualified_name(type(other))
         #: the reference optimizer's type (its constructor validates overrides)
         self.reference_type: type = type(other)
+        self._reference_step = _state_io.held_step(other)  # what type export_state writes ``step`` in
+        #: options the reference keeps on its instance, not in its param groups (:meth:`import_options`)
+        self.options: dict[str, Any] = dict(self.import_options(other))
         #: per param group: running state (:meth:`import_group_state`)
         self.group_state: list[State] = [self.import_group_state(group) for group in self.param_groups]
         self.check_param_groups(self.param_groups)
@@ -288,6 +302,27 @@ class DifferentiableOptimizer:
             ...         if len(param_groups) != 1:
             ...             raise ValueError("OneGroup supports one param group")
         """
+
+    def import_options(self, other: torch.optim.Optimizer) -> Mapping[str, Any]:
+        """Read the options ``other`` keeps on its instance, not in its param groups; they become :attr:`options`.
+
+        Some references keep options as attributes (AdaBelief's ``rectify`` and
+        ``weight_decouple``, lion-pytorch's ``decoupled_wd``): they are not in
+        the copied param groups, cannot be overridden, and stay fixed. Called
+        once, at construction, with the reference optimizer, before
+        :meth:`check_param_groups` (which may read :attr:`options`); the rule
+        reads them as ``self.options[name]``. A batched optimizer's rules read
+        the same. The default reads none.
+
+        Example:
+            >>> class Rectified(DifferentiableOptimizer):
+            ...     def import_options(self, other):
+            ...         return {"rectify": bool(getattr(other, "rectify", True))}
+            ...     def update_one(self, group, param, grad, state):
+            ...         scale = 0.5 if self.options["rectify"] else 1.0
+            ...         return param - scale * group["lr"] * grad, state
+        """
+        return {}
 
     # -- hooks: the rule -------------------------------------------------------------------
     def init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> State:
@@ -414,8 +449,10 @@ class DifferentiableOptimizer:
                     store.update(zip(indices, layout.per_tensor_states()))
             if updated is None:
                 states = [s or self.init_state(new_params[i], group) for i, s in zip(indices, existing)]
-                if any(p.is_complex() for p in group_params):
-                    updated, new_states = self._update_complex(group, group_params, group_grads, states)
+                if any(p.is_complex() for p in group_params):  # as declared: never an overridable method
+                    updated, new_states = _complex.step_complex(
+                        self.complex_parameters, self.update, group, group_params, group_grads, states,
+                        type(self).__name__, self.optimizer_name)
                 else:
                     updated, new_states = self.update(group, group_params, group_grads, states)
                 for i, state in zip(indices, new_states):
@@ -446,16 +483,6 @@ class DifferentiableOptimizer:
             layout = self._flat_groups[number] = _flat.FlatGroup(indices, params, lead)
         return layout
 
-    def _update_complex(self, group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
-                        states: list[State]) -> tuple[list[torch.Tensor], list[State]]:
-        if self.complex_parameters == "native":
-            return self.update(group, params, grads, states)
-        if self.complex_parameters == "real_view":
-            return _complex.on_real_views(self.update, group, params, grads, states)
-        raise ValueError(
-            f"{type(self).__name__} does not support complex parameters (as {self.optimizer_name} does not)"
-        )
-
     # -- hooks: state ----------------------------------------------------------------------
     def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State | None:
         """Copy one parameter's ``torch.optim`` state: tensors detached and cloned, ``step`` as a number.
@@ -472,14 +499,24 @@ class DifferentiableOptimizer:
         return _state_io.import_param_state(state, device)
 
     def export_param_state(self, state: Mapping[str, Any], param: torch.Tensor) -> dict[str, Any]:
-        """One parameter's state as ``torch.optim`` keeps it (the inverse of :meth:`import_state`).
+        """One parameter's state as the reference keeps it (the inverse of :meth:`import_state`).
+
+        Tensors are detached onto the parameter's device. ``step`` is written in
+        the type the reference holds it: the type of a ``step`` in the reference's
+        state (at construction, or in the optimizer exported into); else a 0-d
+        tensor for an optimizer that steps with ``torch.optim``'s own code; else
+        (a third-party reference that has not stepped) a Python int, the count
+        such code keeps. **Override it** where that is wrong: a third-party
+        reference that keeps ``step`` as a tensor (a copy of ``torch.optim``'s
+        code) and is exported into before its first step, or other state the
+        reference keeps as a tensor and the rule as a number.
 
         Example:
             >>> class IntStep(DifferentiableOptimizer):
             ...     def export_param_state(self, state, param):
             ...         return {**super().export_param_state(state, param), "step": int(state["step"])}
         """
-        return _state_io.export_param_state(state, param)
+        return _state_io.export_param_state(state, param, self._reference_step)
 
     def import_group_state(self, group: dict[str, Any]) -> State:
         """Take a param group's running state out of the copied group (at construction).
@@ -709,7 +746,9 @@ class DifferentiableOptimizer:
         """Write this optimizer's state into ``opt`` (the optimizer it was built from).
 
         State tensors are copied detached onto each parameter's device, ``step``
-        as a tensor as ``torch.optim`` keeps it, and each group's running state
+        in the type the reference holds it (:meth:`export_param_state`: a tensor
+        for ``torch.optim``'s optimizers, an int for a reference that counts with
+        one), and each group's running state
         into ``opt``'s param groups (:meth:`export_group_state`), so that ordinary
         training can continue from the end of an inner loop. Pair it with
         :meth:`higher_core.patch.PatchedModule.copy_to` for the weights.
@@ -726,6 +765,9 @@ class DifferentiableOptimizer:
             True
         """
         self.check_export(opt)
+        held = _state_io.held_step(opt)
+        if held is not None and held is not _state_io.TORCH_STEP:  # the reference has stepped since: its type
+            self._reference_step = held
         exported = {param: self.export_param_state(self.param_state[index], param)
                     for ours, theirs in zip(self._positions, opt.param_groups)
                     for index, param in zip(ours, theirs["params"]) if self.param_state.get(index)}

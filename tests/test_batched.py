@@ -11,8 +11,7 @@ import higher_core
 from higher_core._optimizer import DifferentiableOptimizer
 from higher_core.compat import optimizer_available
 from higher_core.batched import BatchingError, _matmul
-from higher_core.testing import NotApplicable, installed_conformance
-from higher_core.testing._batched_check import check_batched
+from higher_core.testing import NotApplicable, check_batched, installed_conformance
 
 DT = torch.float64
 T = 4
@@ -20,7 +19,6 @@ STEPS = 3
 RTOL, ATOL = 1e-10, 1e-12
 
 _INFOS = installed_conformance()
-_ROWS = [(info, row, k == 0) for info in _INFOS for k, row in enumerate(info.inputs)]
 
 
 def _own_step(info) -> bool:
@@ -29,15 +27,17 @@ def _own_step(info) -> bool:
     return resolve(info.reference).step is not DifferentiableOptimizer.step
 
 
-@pytest.mark.parametrize(("info", "row", "first"), _ROWS, ids=[f"{i.name}-{r.desc}" for i, r, _ in _ROWS])
-def test_conformance_rows_batched(info, row, first):
-    """Every row of every installed plugin's table: T tasks at once equal T inner loops (fast weights,
-    state, meta-gradients w.r.t. the initial weights and a learned lr; per-task lr on each table's first row)."""
-    if _own_step(info):  # a rule with its own step (LBFGS's closure) is refused with the reason
-        with pytest.raises(NotApplicable, match="cannot be batched"):
-            check_batched(info, row, tasks=T)
-        return
-    check_batched(info, row, tasks=T, per_task_lr=first)
+_OWN_STEP = [info for info in _INFOS if _own_step(info)]
+
+
+# Every row of every installed plugin's table runs T tasks at once against T inner loops (fast weights,
+# state, meta-gradients w.r.t. the initial weights and a learned lr, shared and per task) as the kit's
+# ``batched`` check, in tests/test_conformance.py.
+@pytest.mark.parametrize("info", _OWN_STEP, ids=[info.name for info in _OWN_STEP])
+def test_a_rule_with_its_own_step_is_not_batched_with_the_reason(info):
+    """A rule with its own step (LBFGS's closure) is refused ``tasks=``: the kit's check does not apply, says why."""
+    with pytest.raises(NotApplicable, match="cannot be batched"):
+        check_batched(info, info.inputs[0], tasks=T)
 
 
 def _mlp(unused: bool = False) -> nn.Module:

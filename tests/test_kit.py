@@ -258,3 +258,90 @@ def test_an_author_runs_the_kit_in_their_own_pytest(tmp_path):
     assert result.returncode == 0, out
     assert "4 passed, 1 skipped" in out, out  # parity, no_mutation, registered, flags; group_statistics n/a
     assert "Tiny[plain]: group_statistics does not apply" in out, out
+
+
+def test_a_problem_takes_a_0d_parameter():
+    problem = higher_core.testing.Problem([(2,), ()])
+    assert [tuple(p.shape) for p in problem.initial] == [(2,), ()]
+    assert problem.loss(problem.leaves()).dim() == 0
+    info = replace(INFO, shapes=((3,), ()))  # the 0-d parameter forms group 1 on its own
+    with plugged(ToyRule):
+        result = run_conformance(info, checks=("parity", "hypergradients", "export_state", "truncate"))
+    assert result == {"rows": 1, "checks": 5, "not_applicable": 1}  # Toy takes no implementation flag
+
+
+def test_a_declared_refusal_of_complex_parameters_wins_over_an_old_update_complex():
+    with pytest.warns(DeprecationWarning, match="defines _update_complex, which the base class no longer calls"):
+        class OldComplex(ToyRule):
+            complex_parameters = "refuse"
+
+            def _update_complex(self, group, params, grads, states):  # the old private hook: steps them anyway
+                return self.update(group, params, grads, states)
+
+    problem = higher_core.testing.Problem(INFO.shapes, dtype=torch.complex128)
+    params = problem.leaves()
+    with plugged(OldComplex):
+        diffopt = higher_core.get_diff_optim(Toy(params, lr=0.1), params)
+        with pytest.raises(ValueError, match=r"OldComplex does not support complex parameters .*"
+                                             r"complex_parameters = 'refuse'"):
+            diffopt.step(problem.loss(params), params=params)
+        check_complex(INFO, ROW)  # the kit's complex check sees the refusal
+
+
+class SqrtToy(Toy):
+    """Toy whose step adds ``sqrt(relu(m) + eps)``: an ``eps`` under a square root, curved on the scale of eps."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        with torch.enable_grad():
+            loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                buf = state.get("momentum_buffer", torch.zeros_like(p)) * group["momentum"] + p.grad
+                state["momentum_buffer"] = buf
+                p.sub_(group["lr"] * (buf + (buf.clamp(min=0) + group["eps"]).sqrt()))
+        return loss
+
+
+class SqrtToyRule(ToyRule):
+    def update_one(self, group, param, grad, state):
+        buf = state["momentum_buffer"] * group["momentum"] + grad
+        return param - group["lr"] * (buf + (torch.relu(buf) + group["eps"]).sqrt()), {"momentum_buffer": buf}
+
+
+def test_the_hypergradient_probe_steps_on_the_scale_of_a_small_value():
+    # a one-sided difference with step 1e-6 at eps=1e-6 reads sqrt's derivative 7% low (462 for 500)
+    from higher_core.testing._checks import probe_step
+
+    assert probe_step(0.1) == 1e-6 and probe_step(0.0) == 1e-6 and probe_step(1e-6) == pytest.approx(5e-8)
+    info = OptimizerInfo(SqrtToy, [ROW], steps=3, differentiable=SqrtToyRule)
+    with plugged(SqrtToyRule, SqrtToy):
+        run_check(info, "parity", ROW)
+        assert check_hypergradients(info, ROW) == ["lr", "eps"]
+        # leaving a hyperparameter out of the probe: list the ones to check, for a row or the table
+        assert check_hypergradients(info, replace(ROW, hyperparameters=("lr",))) == ["lr"]
+        assert check_hypergradients(replace(info, hyperparameters=()), ROW) == []
+
+
+class OwnStep(ToyRule):
+    """A rule with its own step (as LBFGS re-evaluates a closure): it cannot run batched over tasks."""
+
+    def step(self, loss, params=None, override=None, grad_callback=None, **kwargs):
+        return super().step(loss, params, override, grad_callback, **kwargs)
+
+
+def test_batched_tasks_are_a_kit_check_of_every_row():
+    assert "batched" in higher_core.testing.CHECKS and "check_batched" in higher_core.testing.__all__
+    with plugged(ToyRule):
+        # every check but group_statistics, flat_weights (scope "global") and the flags applies: batched too
+        assert run_conformance(INFO) == {"rows": 1, "checks": len(higher_core.testing.CHECKS) + 2 - 3,
+                                         "not_applicable": 3}
+        run_check(INFO, "batched", ROW)  # four tasks at once equal four inner loops, shared and per-task lr
+    with plugged(OwnStep), pytest.raises(NotApplicable, match=r"Toy\[momentum\]: batched does not apply: .*"
+                                                               r"has its own step .* cannot be batched"):
+        run_check(INFO, "batched", ROW)
+    with plugged(ToyRule), pytest.raises(NotApplicable, match="batched does not apply: no tasks here"):
+        run_check(replace(INFO, skips={"batched": "no tasks here"}), "batched", ROW)

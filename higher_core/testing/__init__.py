@@ -10,8 +10,10 @@ against the reference class:
   reference or one that already stepped, with complex and float32 parameters;
 * ``gradcheck``, ``hypergradients``, ``finite_meta_gradients``:
   ``gradcheck``/``gradgradcheck`` through two unrolled steps, w.r.t. the
-  weights and every tensor hyperparameter (finite-difference steps stay inside
-  the hyperparameter's range), finite meta-gradients with exact zeros;
+  weights and every tensor hyperparameter (a central difference with step
+  ``1e-6``, or 5% of a smaller value, so that ``eps=1e-8`` is probed on its own
+  scale and never at 0; leave one out by listing the others in the row's or the
+  table's ``hyperparameters``), finite meta-gradients with exact zeros;
 * ``frozen_and_unused``, ``no_mutation``: parameters without a gradient stay
   put, and a step changes none of its inputs in place;
 * ``export_state``, ``truncate``, ``group_statistics``: the reference
@@ -19,6 +21,10 @@ against the reference class:
   without changing numbers, running statistics per group match the reference's;
 * ``flat_weights``: an element-wise rule stepped on flat buffers equals it
   stepped tensor by tensor, bit for bit (weights, state, meta-gradients);
+* ``batched``: ``tasks=4`` tasks stepped at once equal four separate inner
+  loops (fast weights, state, meta-gradients w.r.t. the weights and a learned
+  ``lr``, shared and one per task); not applicable to a rule that refuses
+  ``tasks=`` (its ``BatchingError`` is the reason: LBFGS's closure);
 * per table: every bad input is refused by the side its row names
   (``raised_by``), implementation flags change no number, and the reference
   type resolves to the plugin's class (``check_registered``).
@@ -57,6 +63,7 @@ from higher_core.testing._checks import (
     check_hypergradients,
     check_parity,
 )
+from higher_core.testing._batched_check import check_batched
 from higher_core.testing._flat_check import check_flat_weights
 from higher_core.testing._problem import NotApplicable, Problem
 from higher_core.testing._runner import (
@@ -93,6 +100,7 @@ __all__ = [
     "OptimizerInput",
     "NotApplicable",
     "Problem",
+    "check_batched",
     "check_complex",
     "check_continue_from_reference",
     "check_error_input",

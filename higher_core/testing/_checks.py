@@ -144,32 +144,26 @@ def check_gradcheck(info: OptimizerInfo, row: OptimizerInput, steps: int = 2,
         _gradcheck(unrolled, inputs, "the initial weights", second_order=True)
 
 
-#: gradcheck's finite-difference step
+#: gradcheck's finite-difference step: the largest step a hyperparameter's probe takes
 PROBE_STEP = 1e-6
+#: a nonzero hyperparameter is probed at most this fraction of its value away (its sign and range kept)
+PROBE_FRACTION = 0.05
 
 
-def _one_sided_gradcheck(function: Callable[[torch.Tensor], torch.Tensor], value: float, what: str,
-                         device: torch.device, rtol: float = 1e-3, atol: float = 1e-5) -> None:
-    """The derivative at a small positive ``value`` against a one-sided finite difference.
+def probe_step(value: float) -> float:
+    """The finite-difference step of the hypergradient probe at ``value``.
 
-    ``gradcheck``'s central difference would probe ``value - PROBE_STEP <= 0``,
-    outside the range of a positive hyperparameter (``eps=1e-6`` becomes 0);
-    the second-order forward difference
-    :math:`(-3f(v) + 4f(v + h) - f(v + 2h)) / 2h` probes only above ``value``.
-    Tolerances are ``gradcheck``'s.
+    ``PROBE_STEP`` (``gradcheck``'s), or ``PROBE_FRACTION`` of ``value`` when that
+    is smaller, so that the central difference :math:`(f(v + h) - f(v - h)) / 2h`
+    never leaves ``(0.95 v, 1.05 v)``: an ``eps=1e-8`` stays positive, and a
+    value whose curvature grows like ``1 / v`` (an ``eps`` under a square root)
+    is probed on its own scale. A value of ``0`` is probed at ``PROBE_STEP``.
+
+    Example:
+        >>> probe_step(0.9), probe_step(1e-8)
+        (1e-06, 5e-10)
     """
-    h = torch.tensor(value, dtype=torch.float64, device=device, requires_grad=True)
-    (grad,) = torch.autograd.grad(function(h), h, allow_unused=True)
-    analytical = 0.0 if grad is None else float(grad)
-    # the probes require grad, as the value checked does: an override that requires grad is a learned one
-    f0, f1, f2 = (float(function(torch.tensor(value + k * PROBE_STEP, dtype=torch.float64, device=device,
-                                              requires_grad=True)).detach())
-                  for k in range(3))
-    numerical = (-3 * f0 + 4 * f1 - f2) / (2 * PROBE_STEP)
-    assert abs(analytical - numerical) <= atol + rtol * abs(numerical), (
-        f"gradcheck w.r.t. {what} (one-sided, above the value): numerical {numerical}, "
-        f"analytical {analytical}"
-    )
+    return PROBE_STEP if value == 0 else min(PROBE_STEP, abs(value) * PROBE_FRACTION)
 
 
 def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 2,
@@ -178,9 +172,17 @@ def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 
 
     The hyperparameters are the row's, else the table's, else the
     ``tensor_hyperparameters`` of the class built from the prepared reference.
-    A tuple hyperparameter (``betas``) is checked entry by entry. A positive
-    value within ``PROBE_STEP`` of zero (``eps=1e-6``) is probed on one side only,
-    so that the finite difference stays inside its range. Returns the names checked.
+    A tuple hyperparameter (``betas``) is checked entry by entry. The probe is
+    ``gradcheck``'s central difference with the step :func:`probe_step` (``1e-6``,
+    or 5% of a smaller value, so that ``eps=1e-8`` is probed within
+    ``[0.95e-8, 1.05e-8]``, never at 0), at ``gradcheck``'s tolerances
+    (``rtol=1e-3``, ``atol=1e-5``).
+
+    To leave a hyperparameter out (one that is not differentiable at its
+    value, or whose finite difference cannot be trusted), list the ones to check
+    without it: ``OptimizerInput(..., hyperparameters=("lr", "betas"))`` for one
+    row, or ``OptimizerInfo(..., hyperparameters=...)`` for the table; an empty
+    tuple checks none. Returns the names checked.
     """
     problem = Problem(info.shapes, device=device)
     unrolled, leaves = _unrolled(info, row, problem, steps)
@@ -203,12 +205,11 @@ def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 
 
             label = f"{name}[{k}]" if isinstance(value, tuple) else name
             number = float(values[k])
-            what = f"hyperparameter {label}={number}"
-            if 0 < number <= PROBE_STEP:
-                _one_sided_gradcheck(of_hyperparameter, number, what, problem.device)
-            else:
-                h = torch.tensor(number, dtype=torch.float64, device=problem.device, requires_grad=True)
-                _gradcheck(of_hyperparameter, (h,), what)
+            step = probe_step(number)
+            what = f"hyperparameter {label}={number}" + (f" (finite-difference step {step:g})"
+                                                        if step != PROBE_STEP else "")
+            h = torch.tensor(number, dtype=torch.float64, device=problem.device, requires_grad=True)
+            _gradcheck(of_hyperparameter, (h,), what, eps=step)
             checked.append(label)
     return checked
 

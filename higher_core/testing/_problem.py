@@ -32,6 +32,7 @@ class Problem:
     casts the float64 (or complex128) numbers, so every precision solves the same
     problem; the loss is computed in the parameters' real dtype. With ``device``,
     the numbers (drawn on the CPU, so the same on every device) are moved there.
+    A shape may be ``()``: a 0-d parameter (a learned scale, say).
     """
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], seed: int = 0,
@@ -41,7 +42,7 @@ class Problem:
         drawn = torch.complex128 if dtype.is_complex else torch.float64
 
         def draw(shape: tuple[int, ...]) -> torch.Tensor:
-            return torch.randn(*shape, generator=g, dtype=drawn).to(device=self.device, dtype=dtype)
+            return torch.randn(tuple(shape), generator=g, dtype=drawn).to(device=self.device, dtype=dtype)
 
         self.initial = [draw(s) for s in shapes]
         self.data = [draw(s) for s in shapes]

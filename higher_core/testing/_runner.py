@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from higher_core.testing import _checks, _state_checks
+from higher_core.testing._batched_check import check_batched
 from higher_core.testing._flat_check import check_flat_weights
 from higher_core.testing._problem import NotApplicable
 from higher_core.testing._table import CHECKS, ErrorOptimizerInput, OptimizerInfo, OptimizerInput
@@ -34,6 +35,7 @@ CHECK_FUNCTIONS: dict[str, Callable[[OptimizerInfo, OptimizerInput], Any]] = {
     "truncate": _state_checks.check_truncate,
     "group_statistics": _state_checks.check_group_statistics,
     "flat_weights": check_flat_weights,
+    "batched": check_batched,
 }
 """Row checks by name: each takes a table and one of its rows."""
 

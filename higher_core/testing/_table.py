@@ -44,6 +44,7 @@ CHECKS = (
     "truncate",
     "group_statistics",
     "flat_weights",
+    "batched",
 )
 """The checks run for every :class:`OptimizerInput` row."""
 
@@ -53,11 +54,11 @@ class OptimizerInput:
     """One option combination: constructor kwargs and the second group's own hyperparameters.
 
     ``hyperparameters``, if given, replaces the table's list of hyperparameters
-    checked for hypergradients in this row (for a row where one is not smooth,
-    such as Prodigy's ``beta1=0``). ``skips`` maps a check name to the reason it
-    does not apply to this row alone (a check the installed torch's own
-    optimizer cannot run with these options, say); the table's
-    :attr:`OptimizerInfo.skips` apply to every row.
+    checked for hypergradients in this row: leave one out where it is not smooth
+    (Prodigy's ``beta1=0``) or its finite difference cannot be trusted; ``()``
+    checks none. ``skips`` maps a check name to the reason it does not apply to
+    this row alone (a check the installed torch's own optimizer cannot run with
+    these options, say); the table's :attr:`OptimizerInfo.skips` apply to every row.
     """
 
     kwargs: Mapping[str, Any]
@@ -102,7 +103,8 @@ class OptimizerInfo:
         inputs: option combinations; each runs every check in :data:`CHECKS`.
         error_inputs: bad inputs and the errors they must raise.
         hyperparameters: hyperparameters checked for hypergradients; defaults to
-            the differentiable class's ``tensor_hyperparameters``.
+            the differentiable class's ``tensor_hyperparameters``. List them
+            without one to leave it out of the probe (a row's own list wins).
         rtol, atol: parity tolerances (float64).
         rtol32, atol32: parity tolerances in float32 (the ``float32`` check). A
             rule with torch's operations in torch's order matches torch's

@@ -20,7 +20,7 @@ class _Probe(DifferentiableOptimizer):
 
 
 def _base_private_names() -> set[str]:
-    """Underscore attributes of the base class and of an instance (``_fmodel``, ``_update_complex``, ...)."""
+    """Underscore attributes of the base class and of an instance (``_fmodel``, ``_flat_layout``, ...)."""
     weight = torch.zeros(1, requires_grad=True)
     instance = _Probe(torch.optim.SGD([weight], lr=0.1), [weight])
     names = set(dir(DifferentiableOptimizer)) | set(vars(instance))
