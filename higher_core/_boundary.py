@@ -6,6 +6,7 @@ error that names the function, the argument and the fix.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["check_bool", "check_device", "check_fast_weights", "check_module", "device_of", "unwrap_ddp"]
+__all__ = ["check_bool", "check_device", "check_fast_weights", "check_module", "device_of", "qualified_name", "unwrap_ddp"]
 
 
 def _described(value: Any) -> str:
@@ -118,3 +119,17 @@ def unwrap_ddp(module: nn.Module) -> nn.Module:
         True
     """
     return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+@functools.lru_cache(maxsize=256)
+def qualified_name(t: type) -> str:
+    """``torch.optim.Adam`` for torch's optimizers, ``module.Qualname`` otherwise, for messages.
+
+    Example:
+        >>> qualified_name(torch.optim.Adam)
+        'torch.optim.Adam'
+    """
+    module = t.__module__
+    if module.startswith("torch.optim") and getattr(torch.optim, t.__name__, None) is t:
+        module = "torch.optim"
+    return f"{module}.{t.__qualname__}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from higher_core._optimizer import DifferentiableOptimizer
 from higher_core._overrides import Override
 from higher_core._registry import resolve_for
 from higher_core.patch import PatchedModule, monkeypatch
+
+if TYPE_CHECKING:  # the batched layer imports the core, never the other way
+    from higher_core.batched import BatchedDifferentiableOptimizer, BatchedPatchedModule
 
 __all__ = ["innerloop_ctx"]
 
@@ -28,7 +31,9 @@ def innerloop_ctx(
     track_higher_grads: bool = True,
     tasks: int | None = None,
     **kwargs: Any,
-) -> Iterator[tuple[PatchedModule, DifferentiableOptimizer]]:
+) -> Iterator[
+    tuple[PatchedModule, DifferentiableOptimizer] | tuple[BatchedPatchedModule, BatchedDifferentiableOptimizer]
+]:
     """A context manager for writing differentiable inner loops.
 
     Every argument is checked here, before anything is copied. A

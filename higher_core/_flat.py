@@ -20,7 +20,7 @@ and the buffer is ``[T, N]``.
 
 A group is stepped per tensor instead (by the same rule, with the same numbers)
 when laying it out does not pay or could change a number: fewer than
-:data:`MIN_TENSORS` tensors, mixed dtypes or devices, complex or empty tensors,
+:data:`higher_core._stepping.MIN_TENSORS` tensors (the stepper checks that), mixed dtypes or devices, complex or empty tensors,
 state that is not, key by key, either shaped like every parameter or one
 value shared by all, or a hyperparameter tensor with dimensions (one value per
 element, Meta-SGD's learned lrs: shaped for each parameter, not for the buffer).
@@ -36,18 +36,12 @@ import torch
 
 from higher_core.compat import flatten_dense_tensors
 
-__all__ = ["MIN_TENSORS", "FlatGroup", "flat_layout", "shaped_hyperparameters"]
+__all__ = ["FlatGroup", "flat_layout", "shaped_hyperparameters"]
 
 State = dict[str, Any]
 Update = Callable[[Mapping[str, Any], list[torch.Tensor], list[torch.Tensor], list[State]],
                   "tuple[list[torch.Tensor], list[State]]"]
 _SHARED_TYPES = (int, float, bool, str, type(None))
-#: The fewest tensors a group lays out flat. Laying out costs about two view-like operations per
-#: tensor (its piece of the copy of the gradients, its view of the new weights) and a fixed part;
-#: per tensor, the flat path saves every operation of the rule. Measured (one thread, the
-#: many-tensors workload with 300 numbers per tensor, one inner step): Adam breaks even at 4
-#: tensors and is 1.13x faster at 16; plain SGD (one operation per tensor) breaks even near 16.
-MIN_TENSORS = 8
 
 
 def shaped_hyperparameters(group: Mapping[str, Any], base: Mapping[str, Any]) -> bool:
@@ -75,8 +69,6 @@ def flat_layout(params: Sequence[torch.Tensor], shapes: Sequence[tuple[int, ...]
         shapes: their parameters' own shapes (without a task dimension).
         grads: their gradients.
     """
-    if len(params) < MIN_TENSORS:
-        return None
     first = params[0]
     lead = first.dim() - len(shapes[0])
     if lead not in (0, 1) or first.is_complex() or first.layout != torch.strided:
@@ -200,7 +192,7 @@ class FlatGroup:
         return flat
 
     def step(self, update: Update, group: Mapping[str, Any], params: Sequence[torch.Tensor],
-             grads: Sequence[torch.Tensor], states: Sequence[State] | None | bool,
+             grads: Sequence[torch.Tensor], states: Sequence[State] | None,
              init_state: Callable[[torch.Tensor], State]) -> list[torch.Tensor] | None:
         """One step of ``update`` on the flat buffers; ``None`` (nothing done) if the state cannot be laid flat.
 
@@ -209,23 +201,29 @@ class FlatGroup:
             group: the group's hyperparameters.
             params, grads: the tensors laid out and their gradients.
             states: their states; ``None`` when none has any yet (``init_state``
-                then makes the flat state); ``True`` to continue from this
-                layout's own flat state (nobody has read it since its step).
+                then makes the flat state).
             init_state: the rule's ``init_state`` for a parameter (called on the flat buffer).
 
         Returns:
             The new fast weights (views into the new buffer). The new state stays
             flat until :meth:`per_tensor_states`.
         """
-        if states is True:
-            flat_state = self.flat_state()
-        elif states:
-            gathered = self._gather_states(states, params)
-            if gathered is None:
-                return None
-            flat_state = gathered
+        if states is None:
+            return self._step(update, group, params, grads, None, init_state)
+        gathered = self._gather_states(states, params)
+        return None if gathered is None else self._step(update, group, params, grads, gathered, init_state)
+
+    def step_from_own_state(self, update: Update, group: Mapping[str, Any], params: Sequence[torch.Tensor],
+                            grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """:meth:`step`, continuing from this layout's own flat state (nobody has read it since its step)."""
+        return self._step(update, group, params, grads, self.flat_state(), None)
+
+    def _step(self, update: Update, group: Mapping[str, Any], params: Sequence[torch.Tensor],
+              grads: Sequence[torch.Tensor], flat_state: State | None,
+              init_state: Callable[[torch.Tensor], State] | None) -> list[torch.Tensor]:
         flat_param = self.gather(params, self.param_views, self.param_flat)
-        if not states:
+        if flat_state is None:
+            assert init_state is not None
             flat_state = init_state(flat_param)
         flat_grad = self.gather(grads)
         new_params, new_states = update(group, [flat_param], [flat_grad], [flat_state])

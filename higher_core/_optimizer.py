@@ -54,9 +54,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from higher_core import _complex, _devices, _flat, _higher_compat, _state_io, _step_checks
-from higher_core._overrides import Override, merged_groups, normalize_override, validate_with_reference
+from higher_core import _devices, _state_io, _step_checks
+from higher_core._boundary import qualified_name
+from higher_core._overrides import Override, merged_groups, normalize_override
 from higher_core._state_store import StateStore
+from higher_core._stepping import GroupStepper
 
 if TYPE_CHECKING:
     from higher_core.patch import PatchedModule
@@ -161,6 +163,8 @@ class DifferentiableOptimizer:
         cls._legacy_update = any("_update" in k.__dict__ for k in own) and not any(
             hook in k.__dict__ for k in own for hook in ("update_one", "update", "update_groups", "step"))
         if cls._legacy_update and "_update" in cls.__dict__:
+            from higher_core import _higher_compat  # the old-higher adapter
+
             warnings.warn(
                 f"{cls.__qualname__} overrides higher's _update(grouped_grads), which is deprecated; "
                 f"implement {_higher_compat.NEW_HOOKS} instead", DeprecationWarning, stacklevel=2,
@@ -181,33 +185,10 @@ class DifferentiableOptimizer:
             raise TypeError(
                 f"{type(self).__name__}() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}"
             )
-        if track_higher_grads is not None and not isinstance(track_higher_grads, bool):
-            raise TypeError(f"track_higher_grads must be a bool, got {type(track_higher_grads).__name__}")
-        if fmodel is not None and track_higher_grads is not None and track_higher_grads != fmodel.track_higher_grads:
-            raise ValueError(
-                f"track_higher_grads={track_higher_grads} but the fmodel has track_higher_grads="
-                f"{fmodel.track_higher_grads}; the optimizer follows its fmodel: set "
-                "fmodel.track_higher_grads (or leave track_higher_grads unset)"
-            )
+        _step_checks.check_tracking(track_higher_grads, fmodel)
         reference = list(reference_params)
-        position = {id(p): i for i, p in enumerate(reference)}
         #: the param groups, their hyperparameters and ``params`` as positions into the fast weights
-        self.param_groups: list[dict[str, Any]] = []
-        for group in other.param_groups:
-            indices = []
-            for p in group["params"]:
-                if id(p) not in position:
-                    raise ValueError(
-                        f"{type(other).__name__} tracks a parameter of shape {tuple(p.shape)} that is "
-                        "not in reference_params; pass the parameters of the module the optimizer "
-                        "was built for (model.parameters())"
-                    )
-                indices.append(position[id(p)])
-            copied = {k: v for k, v in group.items() if k != "params"}
-            copied["params"] = indices
-            self.param_groups.append(copied)
-        from higher_core._registry import qualified_name  # the registry imports this module
-
+        self.param_groups: list[dict[str, Any]] = _state_io.copy_param_groups(other, reference)
         #: the reference optimizer's name, for messages (``torch.optim.Adam``)
         self.optimizer_name: str = qualified_name(type(other))
         #: the reference optimizer's type (its constructor validates overrides)
@@ -240,7 +221,12 @@ class DifferentiableOptimizer:
         self.defaults: dict[str, Any] = dict(other.defaults)
         #: each parameter's state (``torch.optim``'s keys), by its position; absent before its first step
         self.param_state: dict[int, State] = StateStore()
-        self._flat_groups: dict[int, _flat.FlatGroup] = {}  # by group number: the layout of its last flat step
+        self._stepper = GroupStepper()  # how each group steps: per tensor, or laid out flat
+        self._import_states(other, reference, device)
+
+    def _import_states(self, other: torch.optim.Optimizer, reference: list[torch.Tensor],
+                       device: torch.device | str | None) -> None:
+        """Each parameter's existing state in ``other``, through :meth:`import_state`."""
         for i, p in enumerate(reference if other.state else ()):  # (no state yet: nothing to import)
             existing = other.state.get(p)
             if existing:
@@ -261,6 +247,8 @@ class DifferentiableOptimizer:
             >>> [sorted(s) for s in itertools.chain(*(g.values() for g in diffopt.state))]
             [['momentum_buffer'], ['momentum_buffer']]
         """
+        from higher_core import _higher_compat  # the old-higher adapter
+
         return _higher_compat.GroupedState(self.param_state, self._positions)
 
     # -- declarations read at run time ----------------------------------------------------
@@ -415,73 +403,10 @@ class DifferentiableOptimizer:
             ...                 for p, g in zip(params, grads)]
         """
         if self._legacy_update:
+            from higher_core import _higher_compat  # the old-higher adapter
+
             return _higher_compat.legacy_update_groups(self, groups, params, grads)
-        new_params = list(params)
-        store = self.param_state
-        lazy = isinstance(store, StateStore)
-        stored = store.raw_get if lazy else store.get  # reads that leave flat groups' state laid out
-        for number, group in enumerate(groups):
-            indices = [i for i in group["params"] if grads[i] is not None]
-            if not indices:
-                continue
-            group_params = [new_params[i] for i in indices]  # a parameter in an earlier group too: its new value
-            group_grads: list[torch.Tensor] = [grads[i] for i in indices]  # type: ignore[misc]
-            layout = self._flat_layout(number, group, indices, group_params, group_grads)
-            pending = lazy and layout is not None and store.pending.get(number) is layout
-            if lazy and not pending:
-                store.settle(number)
-            existing = [] if pending else [stored(i) for i in indices]
-            _devices.check_group(self.optimizer_name, number, group, group_params, indices, existing,
-                                 layout.flat_state() if pending else None)
-            if self.group_state[number]:
-                self.group_state[number] = self.update_group_state(
-                    group, self.group_state[number], group_params, group_grads)
-                group = {**group, **self.group_state[number]}
-            updated = None
-            if layout is not None:
-                states = True if pending else None if all(not s for s in existing) else [
-                    s or self.init_state(p, group) for p, s in zip(group_params, existing)]
-                updated = layout.step(self.update, group, group_params, group_grads, states,
-                                      lambda flat: self.init_state(flat, group))
-                if updated is not None and lazy:
-                    store.defer(number, layout)
-                elif updated is not None:  # a plain dict assigned to param_state: fill it now
-                    store.update(zip(indices, layout.per_tensor_states()))
-            if updated is None:
-                states = [s or self.init_state(new_params[i], group) for i, s in zip(indices, existing)]
-                if any(p.is_complex() for p in group_params):  # as declared: never an overridable method
-                    updated, new_states = _complex.step_complex(
-                        self.complex_parameters, self.update, group, group_params, group_grads, states,
-                        type(self).__name__, self.optimizer_name)
-                else:
-                    updated, new_states = self.update(group, group_params, group_grads, states)
-                for i, state in zip(indices, new_states):
-                    dict.__setitem__(store, i, state)
-            for i, p in zip(indices, updated):
-                new_params[i] = p
-        return new_params
-
-    def _flat_layout(self, number: int, group: Mapping[str, Any], indices: list[int], params: list[torch.Tensor],
-                     grads: list[torch.Tensor]) -> _flat.FlatGroup | None:
-        """Group ``number``'s flat layout if this step can lay it out (``higher_core._flat``), else ``None``.
-
-        A group with a hyperparameter of one value per element (a tensor with
-        dimensions, shaped for each parameter, not for the flat buffer) is
-        stepped per tensor, with the same numbers.
-        """
-        if (not self.flat_weights or self.scope != "element"
-                or _flat.shaped_hyperparameters(group, self.param_groups[number])
-                or (self._shared and not self._shared.isdisjoint(indices))):  # its state is another group's too
-            return None
-        layout = self._flat_groups.get(number)
-        if layout is not None and layout.holds(indices, params, grads):
-            return layout
-        lead = _flat.flat_layout(params, [self._shapes[i] for i in indices], grads)
-        if lead is None:
-            return None
-        if layout is None or not layout.fits(indices, params):
-            layout = self._flat_groups[number] = _flat.FlatGroup(indices, params, lead)
-        return layout
+        return self._stepper.step_groups(self, groups, params, grads)
 
     # -- hooks: state ----------------------------------------------------------------------
     def import_state(self, state: Mapping[str, Any], device: torch.device | str | None) -> State | None:
@@ -606,6 +531,8 @@ class DifferentiableOptimizer:
 
     def _check_merged(self, groups: list[dict[str, Any]], normalized: Mapping[str, list[Any]]) -> None:
         """The plugin's and the reference constructor's checks of groups with ``normalized`` applied."""
+        from higher_core._override_probe import validate_with_reference  # loaded with the first override
+
         self.check_param_groups(groups)
         validate_with_reference(self.reference_type, groups, self.param_groups,
                                 [*self._override, *normalized], self.optimizer_name)
@@ -655,11 +582,7 @@ class DifferentiableOptimizer:
         before), the ones the step left unchanged too, so none leads back to the model.
         """
         if not self.track_higher_grads:
-            leaves = {}
-            for layout in self._flat_groups.values():  # a flat group's leaves stay views into one buffer
-                if layout.param_views and all(new_params[i] is v for i, v in zip(layout.indices, layout.param_views)):
-                    leaves.update(zip(layout.indices, layout.detached_params([params[i].requires_grad
-                                                                              for i in layout.indices])))
+            leaves = self._stepper.detached_leaves(params, new_params)  # a flat group's stay views into one buffer
             new_params = [leaves[i] if i in leaves else p.detach().requires_grad_(old.requires_grad)
                           for i, (p, old) in enumerate(zip(new_params, params))]
             self.detach_state()
@@ -782,8 +705,9 @@ class DifferentiableOptimizer:
             TypeError: ``opt`` is not of :attr:`reference_type`.
             ValueError: its param groups' lengths or its parameters' shapes differ.
         """
-        _step_checks.check_export_target(opt, self.reference_type, self.optimizer_name, self._positions,
-                                         self._shapes)
+        from higher_core._write_back import check_export_target  # loaded with the first export
+
+        check_export_target(opt, self.reference_type, self.optimizer_name, self._positions, self._shapes)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.param_groups)} param group(s), {self._num_params} parameters)"

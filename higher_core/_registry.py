@@ -9,15 +9,13 @@ optimizer resolves to its nearest registered base class, with a
 
 from __future__ import annotations
 
-import functools
-import types
 import warnings
 from typing import Any
 
 import torch
 
+from higher_core._boundary import qualified_name
 from higher_core._optimizer import DifferentiableOptimizer
-from higher_core._plugin_env import normalize
 from higher_core.errors import (
     PluginConflictError,
     SubclassResolutionWarning,
@@ -30,8 +28,6 @@ __all__ = [
     "resolve",
     "resolve_for",
     "lookup",
-    "pip_name_for",
-    "missing_optimizer_message",
 ]
 
 
@@ -40,16 +36,6 @@ def _host() -> Any:
     from higher_core._plugins import plugin_host
 
     return plugin_host()
-
-#: torch.optim types that no plugin can make differentiable, and why.
-REFUSED: dict[str, str] = {
-    "SparseAdam": (
-        "it only accepts sparse gradients, and a sparse update has no differentiable "
-        "out-of-place form here; use torch.optim.Adam with dense gradients (for example "
-        "nn.Embedding(..., sparse=False)) and `pip install higher-adam`"
-    ),
-}
-
 
 def register_optim(
     optim_type: type[torch.optim.Optimizer], diff_optim_type: type[DifferentiableOptimizer]
@@ -115,26 +101,6 @@ def lookup(optim_type: type) -> tuple[type[DifferentiableOptimizer], type] | Non
     return None
 
 
-_EXAMPLE = "torch.optim.SGD(model.parameters(), lr=0.1)"
-
-
-def _describe(value: Any) -> str:
-    """What a value that should have been an optimizer instance is, and the fix."""
-    if value is None:
-        return f"None; pass an optimizer instance, e.g. {_EXAMPLE}"
-    if isinstance(value, type):
-        name = qualified_name(value)
-        if issubclass(value, torch.optim.Optimizer):
-            return f"the class {name}; pass an instance: {name}(model.parameters(), ...)"
-        return f"the class {name}; pass an optimizer instance, e.g. {_EXAMPLE}"
-    if isinstance(value, types.ModuleType):
-        return f"the module {value.__name__}; pass an optimizer instance, e.g. {_EXAMPLE}"
-    if isinstance(value, torch.nn.Module):
-        return (f"the torch.nn.Module {qualified_name(type(value))}: are the model and the "
-                "optimizer swapped? The model comes first, as in innerloop_ctx(model, opt)")
-    return f"{qualified_name(type(value))}; pass an optimizer instance, e.g. {_EXAMPLE}"
-
-
 def resolve_for(opt: Any, argument: str = "opt") -> type[DifferentiableOptimizer]:
     """The differentiable optimizer for the optimizer instance ``opt``.
 
@@ -152,18 +118,24 @@ def resolve_for(opt: Any, argument: str = "opt") -> type[DifferentiableOptimizer
         TypeError: opt: expected a torch.optim.Optimizer instance, got the class torch.optim.SGD; pass an instance: torch.optim.SGD(model.parameters(), ...)
     """
     if not isinstance(opt, torch.optim.Optimizer):
-        raise TypeError(f"{argument}: expected a torch.optim.Optimizer instance, got {_describe(opt)}")
+        from higher_core._refusals import describe  # the error path, loaded when taken
+
+        raise TypeError(f"{argument}: expected a torch.optim.Optimizer instance, got {describe(opt)}")
     return resolve(type(opt))
 
 
 def resolve(optim_type: type) -> type[DifferentiableOptimizer]:
     """The differentiable optimizer for ``optim_type``, or a clear error naming the fix."""
     if not (isinstance(optim_type, type) and issubclass(optim_type, torch.optim.Optimizer)):
+        from higher_core._refusals import describe  # the error path, loaded when taken
+
         got = (f"an instance of {qualified_name(type(optim_type))}; pass its class"
-               if isinstance(optim_type, torch.optim.Optimizer) else _describe(optim_type))
+               if isinstance(optim_type, torch.optim.Optimizer) else describe(optim_type))
         raise TypeError(f"expected a torch.optim.Optimizer subclass, got {got}")
     found = lookup(optim_type)
     if found is None:
+        from higher_core._refusals import missing_optimizer_message  # the error path, loaded when taken
+
         raise UnsupportedOptimizerError(missing_optimizer_message(optim_type))
     diff_type, registered_for = found
     if registered_for is not optim_type:
@@ -176,55 +148,3 @@ def resolve(optim_type: type) -> type[DifferentiableOptimizer]:
             stacklevel=3,
         )
     return diff_type
-
-
-@functools.lru_cache(maxsize=256)
-def qualified_name(t: type) -> str:
-    """``torch.optim.Adam`` for torch's optimizers, ``module.Qualname`` otherwise."""
-    module = t.__module__
-    if module.startswith("torch.optim") and getattr(torch.optim, t.__name__, None) is t:
-        module = "torch.optim"
-    return f"{module}.{t.__qualname__}"
-
-
-def pip_name_for(optim_type: type) -> str | None:
-    """``higher-<name>`` for a ``torch.optim`` built-in, else ``None``."""
-    if getattr(torch.optim, optim_type.__name__, None) is optim_type:
-        return f"higher-{optim_type.__name__.lower()}"
-    return None
-
-
-def missing_optimizer_message(optim_type: type) -> str:
-    """The refusal for an optimizer type no installed plugin supports."""
-    name = qualified_name(optim_type)
-    reason = REFUSED.get(optim_type.__name__)
-    if reason is not None and getattr(torch.optim, optim_type.__name__, None) is optim_type:
-        return f"{name} is not supported by higher-core: {reason}."
-    pip_name = pip_name_for(optim_type)
-    if pip_name is not None:
-        message = (
-            f"no differentiable optimizer is registered for {name}; "
-            f"install it with `pip install {pip_name}`"
-        )
-    else:
-        message = (
-            f"no differentiable optimizer is registered for {name}; install a higher-core "
-            "plugin that provides it, or register one with "
-            f"higher_core.register_optim({optim_type.__name__}, <DifferentiableOptimizer subclass>)"
-        )
-    table = _host().table()
-    if pip_name is not None:
-        for exclusion in table.excluded:
-            if normalize(pip_name) in exclusion.names:
-                return (f"no differentiable optimizer is registered for {name}: {exclusion.plugin.source} "
-                        f"is installed but excluded by {exclusion.variable}; remove it from "
-                        f"{exclusion.variable} (or unset the variable) to use it.")
-    known = sorted({t.__name__ for t in table.providers})
-    message += f". Registered now: {', '.join(known) if known else 'none'}"
-    if table.excluded:
-        excluded = "; ".join(f"{e.plugin.source} (by {e.variable})" for e in table.excluded)
-        message += f". Installed but excluded: {excluded}"
-    if table.failures:
-        failed = "; ".join(f"{f.source} ({f.error})" for f in table.failures)
-        message += f". Plugins that failed to load: {failed}"
-    return message + "."

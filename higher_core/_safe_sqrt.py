@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
-import torch.autograd.forward_ad as forward_ad
 
 from higher_core.compat import dual_level_open, functorch_transforms_active
 

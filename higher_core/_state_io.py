@@ -17,7 +17,8 @@ import torch
 
 from higher_core.functional import scalar_dtype
 
-__all__ = ["TORCH_STEP", "detached", "export_param_state", "held_step", "import_param_state", "to_device"]
+__all__ = ["TORCH_STEP", "copy_param_groups", "detached", "export_param_state", "held_step", "import_param_state",
+           "to_device"]
 
 #: what :func:`held_step` returns for a reference that steps with ``torch.optim``'s own code
 #: and holds no state yet: ``step`` is a 0-d tensor of :func:`~higher_core.functional.scalar_dtype`
@@ -109,3 +110,27 @@ def export_group_value(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.detach().item()
     return detached(value)
+
+
+def copy_param_groups(other: torch.optim.Optimizer, reference: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """``other``'s param groups, hyperparameters copied and ``params`` as positions into ``reference``.
+
+    Raises:
+        ValueError: ``other`` tracks a parameter that is not in ``reference``.
+    """
+    position = {id(p): i for i, p in enumerate(reference)}
+    groups = []
+    for group in other.param_groups:
+        indices = []
+        for p in group["params"]:
+            if id(p) not in position:
+                raise ValueError(
+                    f"{type(other).__name__} tracks a parameter of shape {tuple(p.shape)} that is "
+                    "not in reference_params; pass the parameters of the module the optimizer "
+                    "was built for (model.parameters())"
+                )
+            indices.append(position[id(p)])
+        copied = {k: v for k, v in group.items() if k != "params"}
+        copied["params"] = indices
+        groups.append(copied)
+    return groups

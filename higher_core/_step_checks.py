@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 __all__ = [
+    "check_tracking",
     "check_callback_grads",
-    "check_export_target",
     "check_loss",
     "check_no_duplicates",
     "check_params",
@@ -157,24 +157,13 @@ def check_strided(name: str, grads: Iterable[torch.Tensor | None]) -> None:
             )
 
 
-def check_export_target(opt: Any, reference_type: type, name: str, positions: Sequence[Sequence[int]],
-                        shapes: Sequence[tuple[int, ...]]) -> None:
-    """Refuse an ``export_state`` target that is not the optimizer this one mirrors (type, groups, shapes)."""
-    if type(opt) is not reference_type:
-        raise TypeError(
-            f"export_state(opt): opt is a {type(opt).__name__} but this differentiable optimizer "
-            f"mirrors {name}; pass the optimizer it was built from"
-        )
-    if [len(g["params"]) for g in opt.param_groups] != [len(p) for p in positions]:
+def check_tracking(track_higher_grads: Any, fmodel: Any) -> None:
+    """Refuse a ``track_higher_grads`` that is not a bool, or that contradicts the fmodel's flag."""
+    if track_higher_grads is not None and not isinstance(track_higher_grads, bool):
+        raise TypeError(f"track_higher_grads must be a bool, got {type(track_higher_grads).__name__}")
+    if fmodel is not None and track_higher_grads is not None and track_higher_grads != fmodel.track_higher_grads:
         raise ValueError(
-            "export_state(opt): the optimizer's param groups differ from the ones this differentiable "
-            "optimizer was built from; pass that optimizer"
+            f"track_higher_grads={track_higher_grads} but the fmodel has track_higher_grads="
+            f"{fmodel.track_higher_grads}; the optimizer follows its fmodel: set "
+            "fmodel.track_higher_grads (or leave track_higher_grads unset)"
         )
-    for ours, theirs in zip(positions, opt.param_groups):
-        for i, param in zip(ours, theirs["params"]):
-            if tuple(param.shape) != shapes[i]:
-                raise ValueError(
-                    f"export_state(opt): opt's parameter {i} has shape {tuple(param.shape)} but this "
-                    f"optimizer's has shape {shapes[i]}; pass the optimizer it was built from. "
-                    "Nothing was written"
-                )

@@ -12,16 +12,19 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from higher_core import _overrides
 from higher_core._optimizer import ComplexParameters, DifferentiableOptimizer, GradCallback, Scope, State
 from higher_core.compat import optimizer_available, torch_optimizer
-from higher_core._registry import lookup, missing_optimizer_message, register_optim, resolve, resolve_for
+from higher_core._registry import lookup, register_optim, resolve, resolve_for
 from higher_core.errors import MissingOptimizerPluginError
 from higher_core.patch import PatchedModule
+
+if TYPE_CHECKING:  # the batched layer imports this module, never the other way
+    from higher_core.batched import BatchedDifferentiableOptimizer
 
 __all__ = [
     "ComplexParameters",
@@ -44,6 +47,8 @@ _DOCUMENTED = (
 
 
 def __getattr__(name: str) -> Any:
+    if name.startswith("__"):  # the import system's probes (``__path__``): never a helper or an optimizer
+        raise AttributeError(f"module 'higher_core.optim' has no attribute {name!r}")
     from higher_core._higher_compat import DEPRECATED_HELPERS, NEW_HOOKS  # the old-higher adapter, on demand
 
     if name in DEPRECATED_HELPERS:  # higher.optim's private helpers, for old ``_update`` subclasses
@@ -61,6 +66,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'higher_core.optim' has no attribute {name!r}")
     found = lookup(torch_type)
     if found is None or found[1] is not torch_type:
+        from higher_core._refusals import missing_optimizer_message  # the error path, loaded when taken
+
         raise MissingOptimizerPluginError(missing_optimizer_message(torch_type))
     return found[0]
 
@@ -78,7 +85,7 @@ def get_diff_optim(
     track_higher_grads: bool | None = None,
     tasks: int | None = None,
     **kwargs: Any,
-) -> DifferentiableOptimizer:
+) -> DifferentiableOptimizer | BatchedDifferentiableOptimizer:
     """A differentiable version of an existing optimizer, continuing from its state.
 
     Args:
@@ -111,7 +118,7 @@ def get_diff_optim(
     diff_type = resolve_for(opt)
     if tasks is not None:  # batched tasks: higher_core/batched
         from higher_core.batched import BatchedDifferentiableOptimizer
-        return BatchedDifferentiableOptimizer(  # type: ignore[return-value]
+        return BatchedDifferentiableOptimizer(
             diff_type, opt, reference_params, tasks, fmodel=fmodel, device=device, override=override,
             track_higher_grads=track_higher_grads, **kwargs)
     return diff_type(opt, reference_params, fmodel=fmodel, device=device, override=override,

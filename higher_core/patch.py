@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from torch import nn
 from higher_core._boundary import check_bool, check_device, check_fast_weights, check_module, device_of, unwrap_ddp
 from higher_core._module_copy import deep_tree_copy, shallow_tree_copy
 from higher_core.compat import rnn_flat_weight_names
+
+if TYPE_CHECKING:  # the batched layer imports this module, never the other way
+    from higher_core.batched import BatchedPatchedModule
 
 __all__ = ["PatchedModule", "_MonkeyPatchBase", "buffer_sync", "make_functional", "monkeypatch"]
 
@@ -419,7 +422,9 @@ class PatchedModule(nn.Module):
         targets = list(module.named_parameters())
         sources = list(self._patched.named_buffers()) if buffers else []
         target_buffers = dict(module.named_buffers()) if buffers else {}
-        _check_copy_targets(targets, self._names, self._param_meta, sources, target_buffers)
+        from higher_core._write_back import check_copy_targets  # loaded with the first copy_to
+
+        check_copy_targets(targets, self._names, self._param_meta, sources, target_buffers)
         for (_, target), fast in zip(targets, self.fast_params):
             target.copy_(fast)
         for name, buf in sources:
@@ -549,27 +554,6 @@ def _initial_fast_weights(params: list[torch.Tensor], device: torch.device | str
     return weights
 
 
-def _check_copy_targets(targets: list[tuple[str, torch.Tensor]], names: list[str], meta: list[Meta],
-                        sources: list[tuple[str, torch.Tensor]], target_buffers: dict[str, torch.Tensor]) -> None:
-    """Refuse a ``copy_to`` target whose parameter names/shapes or buffers differ, before anything is written."""
-    got = [(name, tuple(p.shape)) for name, p in targets]
-    expected = [(name, tuple(shape)) for name, (shape, _, _) in zip(names, meta)]
-    if got != expected:
-        wrong = next(((a, b) for a, b in zip(got, expected) if a != b), None)
-        detail = (f"parameter {wrong[0][0]!r} of shape {wrong[0][1]} where the patched module has "
-                  f"{wrong[1][0]!r} of shape {wrong[1][1]}") if wrong else \
-            f"{len(got)} parameters where the patched module has {len(expected)}"
-        raise ValueError(f"copy_to(module=...): the module does not match the patched module ({detail}); "
-                         "pass the module that was patched. Nothing was written.")
-    for name, buf in sources:
-        target = target_buffers.get(name)
-        if target is None or target.shape != buf.shape:
-            found = "missing" if target is None else f"of shape {tuple(target.shape)}"
-            raise ValueError(f"copy_to(module=..., buffers=True): buffer {name!r} of shape {tuple(buf.shape)} "
-                             f"is {found} in the module; pass buffers=False or the module that was patched. "
-                             "Nothing was written.")
-
-
 def make_functional(module: nn.Module,
                     encapsulator: Callable[[PatchedModule, nn.Module], None] | None = None) -> PatchedModule:
     """A stateless version of ``module`` with no fast weights yet.
@@ -595,7 +579,7 @@ def make_functional(module: nn.Module,
 
 def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
                 copy_initial_weights: bool = True, track_higher_grads: bool = True,
-                tasks: int | None = None) -> PatchedModule:
+                tasks: int | None = None) -> PatchedModule | BatchedPatchedModule:
     """A monkey-patched stateless version of ``module``, with initial fast weights.
 
     Args:
@@ -612,7 +596,8 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
             meta-batch of ``tasks`` tasks (fast weights ``[T, *shape]``).
 
     Returns:
-        A :class:`PatchedModule`. Frozen parameters (``requires_grad=False``) stay
+        A :class:`PatchedModule` (with ``tasks``, a
+        :class:`~higher_core.batched.BatchedPatchedModule`). Frozen parameters (``requires_grad=False``) stay
         frozen in its fast weights.
 
     Example:
@@ -629,7 +614,7 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
     if tasks is not None:  # batched tasks: higher_core/batched
         from higher_core.batched import BatchedPatchedModule
         return BatchedPatchedModule(module, tasks, device=device, copy_initial_weights=copy_initial_weights,
-                                    track_higher_grads=track_higher_grads)  # type: ignore[return-value]
+                                    track_higher_grads=track_higher_grads)
     fmodule = PatchedModule(module, device=device, track_higher_grads=track_higher_grads)
     initial = _initial_fast_weights(fmodule._reference_params, device, copy_initial_weights)
     fmodule.update_params(initial)

@@ -88,6 +88,18 @@ def _toy_optimizers():
         unregister_optim(t)
 
 
+@pytest.fixture
+def host(monkeypatch):
+    """A fresh plugin host in place of the process-wide one (entry points re-read, plugin variables unset)."""
+    from higher_core import _plugins
+
+    for variable in (_plugins.ONLY_ENV, _plugins.DISABLE_ENV, _plugins.STRICT_ENV):
+        monkeypatch.delenv(variable, raising=False)
+    fresh = _plugins.PluginHost()
+    monkeypatch.setattr(_plugins, "_HOST", fresh)
+    return fresh
+
+
 def _no_gpu_reason() -> str:
     build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU build"
     return f"no CUDA GPU is visible (torch {torch.__version__}, {build})"

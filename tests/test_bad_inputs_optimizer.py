@@ -364,9 +364,9 @@ def test_a_sparse_gradient_made_dense_in_the_callback_is_stepped_as_torch_steps_
 def test_a_parameter_in_two_param_groups_is_stepped_once_per_group_as_torch_does(opt_type, kwargs, flat, monkeypatch):
     """Appended to a second group after the optimizer was built: torch steps it once per group, each
     step from the previous one's weight and state; so do we (float64, rtol 1e-10), flat groups included."""
-    from higher_core import _flat
+    from higher_core import _stepping
 
-    monkeypatch.setattr(_flat, "MIN_TENSORS", 2)  # the second group (three tensors) would be laid out flat
+    monkeypatch.setattr(_stepping, "MIN_TENSORS", 2)  # the second group (three tensors) would be laid out flat
     x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     net, opt = _in_two_groups(opt_type, **kwargs)
     reference, ropt = _in_two_groups(opt_type, **kwargs)

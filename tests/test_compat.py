@@ -105,15 +105,6 @@ def test_ddp_forward_halves_exist():
 
 # -- a plugin whose optimizer this torch lacks ------------------------------------------------------
 
-@pytest.fixture
-def host(monkeypatch):
-    for variable in (_plugins.ONLY_ENV, _plugins.DISABLE_ENV, _plugins.STRICT_ENV):
-        monkeypatch.delenv(variable, raising=False)
-    fresh = _plugins.PluginHost()
-    monkeypatch.setattr(_plugins, "_HOST", fresh)
-    return fresh
-
-
 def _future_plugin(root):
     """A distribution for an optimizer no torch has, written as higher-muon is."""
     (root / "higher_future_fake.py").write_text(textwrap.dedent("""

@@ -20,14 +20,14 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import higher_core
-from higher_core import _flat
+from higher_core import _stepping
 from higher_core.optim import DifferentiableOptimizer
 
 
 @pytest.fixture(autouse=True)
 def _small_groups_lay_out(monkeypatch):
     """The tests' models are small: lay out groups of two tensors or more (the threshold has its own test)."""
-    monkeypatch.setattr(_flat, "MIN_TENSORS", 2)
+    monkeypatch.setattr(_stepping, "MIN_TENSORS", 2)
 
 
 def _model(dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -400,7 +400,7 @@ def test_every_way_of_reading_the_state_store_sees_the_laid_out_state():
 
 
 def test_groups_below_the_threshold_are_stepped_per_tensor(monkeypatch):
-    monkeypatch.setattr(_flat, "MIN_TENSORS", 5)
+    monkeypatch.setattr(_stepping, "MIN_TENSORS", 5)
     x = torch.randn(4, 3, dtype=torch.float64)
     for layers, laid_out in ((2, False), (3, True)):  # 4 tensors, then 6
         torch.manual_seed(0)
@@ -457,7 +457,7 @@ def test_a_per_element_lr_steps_the_group_per_tensor_with_the_same_numbers(shape
             diffopt.flat_weights = flat
             for _ in range(3):
                 diffopt.step(fmodel(x))
-            runs[flat] = (list(fmodel.fast_params), torch.autograd.grad(fmodel(x), lr)[0], diffopt._flat_groups)
+            runs[flat] = (list(fmodel.fast_params), torch.autograd.grad(fmodel(x), lr)[0], diffopt._stepper.flat_groups)
     (weights, meta, layouts), (reference, reference_meta, _) = runs[True], runs[False]
     assert not layouts  # nothing was laid out
     assert all(torch.equal(a, b) for a, b in zip(weights, reference))

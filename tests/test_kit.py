@@ -55,9 +55,14 @@ class Toy(torch.optim.Optimizer):
                 state = self.state[p]
                 buf = state.get("momentum_buffer", torch.zeros_like(p)) * group["momentum"] + p.grad
                 state["momentum_buffer"] = buf
-                pos = buf.clamp(min=0)
-                p.sub_(group["lr"] * (buf + pos / (pos + group["eps"])))
+                p.sub_(group["lr"] * (buf + self.extra(buf, group)))
         return loss
+
+    @staticmethod
+    def extra(buf, group):
+        """What the step adds to the momentum: ``relu(m) / (relu(m) + eps)``."""
+        pos = buf.clamp(min=0)
+        return pos / (pos + group["eps"])
 
 
 class ToyTrain(Toy):
@@ -291,19 +296,9 @@ def test_a_declared_refusal_of_complex_parameters_wins_over_an_old_update_comple
 class SqrtToy(Toy):
     """Toy whose step adds ``sqrt(relu(m) + eps)``: an ``eps`` under a square root, curved on the scale of eps."""
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        with torch.enable_grad():
-            loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                buf = state.get("momentum_buffer", torch.zeros_like(p)) * group["momentum"] + p.grad
-                state["momentum_buffer"] = buf
-                p.sub_(group["lr"] * (buf + (buf.clamp(min=0) + group["eps"]).sqrt()))
-        return loss
+    @staticmethod
+    def extra(buf, group):
+        return (buf.clamp(min=0) + group["eps"]).sqrt()
 
 
 class SqrtToyRule(ToyRule):

@@ -30,16 +30,6 @@ from higher_core.errors import (
 from higher_core.testing import installed_conformance
 
 
-@pytest.fixture
-def host(monkeypatch):
-    """A fresh plugin host in place of the process-wide one (entry points re-read)."""
-    for variable in (_plugins.ONLY_ENV, _plugins.DISABLE_ENV, _plugins.STRICT_ENV):
-        monkeypatch.delenv(variable, raising=False)
-    fresh = _plugins.PluginHost()
-    monkeypatch.setattr(_plugins, "_HOST", fresh)
-    return fresh
-
-
 def uninstall(monkeypatch, *distributions):
     """Hide the entry points of ``distributions`` from the host, as if they were not installed."""
     real = _plugins.importlib_metadata.entry_points

@@ -19,7 +19,7 @@ losses (tasks share nothing, so task ``t``'s slice is its own gradient).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -128,7 +128,7 @@ class BatchedDifferentiableOptimizer:
     @property
     def state(self) -> Sequence[MutableMapping[int, State]]:
         """The old ``higher`` layout of :attr:`param_state`: ``state[group][position in group]``."""
-        return _higher_compat.GroupedState(self.param_state, self._rules[0]._positions)
+        return _higher_compat.GroupedState(self.param_state, [list(g["params"]) for g in self.param_groups])
 
     @property
     def param_state(self) -> dict[int, State]:

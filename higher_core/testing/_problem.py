@@ -95,7 +95,7 @@ def _reference_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], prob
         with torch.enable_grad():
             loss = problem.loss(params)
             loss.backward()
-        return loss
+        return loss.detach()  # a value: torch 2.8's LBFGS warns on float() of a loss that requires grad
 
     # torch's differentiable=True mode needs non-leaf parameters; the flag only
     # chooses an implementation, so the reference numbers come from the default one.

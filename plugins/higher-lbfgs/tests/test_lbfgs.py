@@ -43,7 +43,7 @@ def _torch_steps(opt, params, loss_fn, steps):
         opt.zero_grad()
         loss = loss_fn(params)
         loss.backward()
-        return loss
+        return loss.detach()  # a value: torch 2.8's LBFGS warns on float() of a loss that requires grad
 
     for _ in range(steps):
         opt.step(closure)
