@@ -154,7 +154,8 @@ class CoordinateLSTM(nn.Module):
 
 
 def lstm_step(lstm: CoordinateLSTM, param: torch.Tensor, grad: torch.Tensor, state: Mapping[str, Any],
-              lr: float | torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+              lr: float | torch.Tensor,
+              weights: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     r"""The rule for one tensor, out of place: :math:`\theta_{t+1} = \theta_t + \mathrm{lr}\, u_t`.
 
     Args:
@@ -162,6 +163,9 @@ def lstm_step(lstm: CoordinateLSTM, param: torch.Tensor, grad: torch.Tensor, sta
         param, grad: the parameter and its gradient.
         state: its ``hidden`` and ``cell`` (:meth:`CoordinateLSTM.initial_state` before the first step).
         lr: the output scale (the paper scales the LSTM's output by 0.1).
+        weights: other values for ``lstm``'s parameters, by name (``dict(lstm.named_parameters())``'s
+            keys), used instead of its own through ``torch.func.functional_call``: the rule at
+            perturbed weights, for evolution strategies.
 
     Returns:
         The new parameter and the new state (``hidden``, ``cell``).
@@ -173,5 +177,6 @@ def lstm_step(lstm: CoordinateLSTM, param: torch.Tensor, grad: torch.Tensor, sta
         >>> sorted(state), new.shape
         (['cell', 'hidden'], torch.Size([3]))
     """
-    update, hidden, cell = lstm(grad, state["hidden"], state["cell"])
+    args = (grad, state["hidden"], state["cell"])
+    update, hidden, cell = lstm(*args) if weights is None else torch.func.functional_call(lstm, dict(weights), args)
     return param + lr * update, {**state, "hidden": hidden, "cell": cell}
