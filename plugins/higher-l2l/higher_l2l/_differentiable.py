@@ -45,7 +45,7 @@ class DifferentiableLSTMOptimizer(DifferentiableOptimizer):
         >>> model = torch.nn.Linear(3, 1)
         >>> with higher_core.innerloop_ctx(model, LSTMOptimizer(model.parameters(), lstm)) as (fmodel, diffopt):
         ...     for _ in range(3):
-        ...         diffopt.step(fmodel(torch.ones(2, 3)).pow(2).mean())
+        ...         _ = diffopt.step(fmodel(torch.ones(2, 3)).pow(2).mean())
         ...     fmodel(torch.ones(2, 3)).pow(2).mean().backward()
         >>> lstm.head.weight.grad is not None
         True

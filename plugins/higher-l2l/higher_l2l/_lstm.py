@@ -42,9 +42,9 @@ def preprocess_gradient(grad: torch.Tensor, p: float = 10.0) -> torch.Tensor:
 
     Example:
         >>> preprocess_gradient(torch.tensor([1.0, -1e-6, 0.0]), p=10.0)
-        tensor([[ 0.0000e+00,  1.0000e+00],
-                [-1.0000e+00, -2.2026e-02],
-                [-1.0000e+00,  0.0000e+00]])
+        tensor([[ 0.0000,  1.0000],
+                [-1.0000, -0.0220],
+                [-1.0000,  0.0000]])
     """
     threshold = math.exp(-p)
     magnitude = grad.abs()
