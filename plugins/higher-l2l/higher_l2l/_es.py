@@ -20,14 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import torch
 
 __all__ = ["ESEstimate", "PersistentES", "es_gradient"]
-
-S = TypeVar("S")
-
 
 @dataclass(frozen=True)
 class ESEstimate:
@@ -43,7 +40,7 @@ class ESEstimate:
 
     @property
     def flat(self) -> torch.Tensor:
-        """The estimate, flattened: the mean over the pairs."""
+        """The mean of the pairs' estimates, as one flat vector."""
         return self.samples.mean(0)
 
     @property
@@ -150,7 +147,7 @@ def es_gradient(loss: Callable[[list[torch.Tensor]], Any], params: Sequence[torc
     return ESEstimate(torch.stack(samples), shapes)
 
 
-class PersistentES(Generic[S]):
+class PersistentES:
     r"""Persistent evolution strategies: an unbiased meta-gradient over a horizon unrolled in windows.
 
     ``pairs`` antithetic pairs of particles each keep their own inner state
@@ -193,8 +190,8 @@ class PersistentES(Generic[S]):
         True
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], init_state: Callable[[], S],
-                 window: Callable[[list[torch.Tensor], S], tuple[Any, S]], sigma: float, pairs: int,
+    def __init__(self, params: Sequence[torch.Tensor], init_state: Callable[[], Any],
+                 window: Callable[[list[torch.Tensor], Any], tuple[Any, Any]], sigma: float, pairs: int,
                  generator: torch.Generator | None = None, persistent: bool = True) -> None:
         _check(sigma, pairs)
         _flat(params)
@@ -204,7 +201,7 @@ class PersistentES(Generic[S]):
 
     def reset(self) -> None:
         """Start every particle again from ``init_state()`` with no accumulated noise (a new horizon)."""
-        self.states: list[list[S]] = [[self.init_state(), self.init_state()] for _ in range(self.pairs)]
+        self.states: list[list[Any]] = [[self.init_state(), self.init_state()] for _ in range(self.pairs)]
         self.accumulated: torch.Tensor | None = None
 
     def step(self) -> ESEstimate:
