@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,17 @@ def test_omniglot_shaped_smoke(tmp_path):
                  "--plot", str(figure))
     _assert_drawn(figure, min_ink=0.10)  # three groups of bars (22% of the pixels)
     assert any("accuracy" in line for line in lines), lines
+
+
+def test_learned_optimizer_quick(tmp_path):
+    pytest.importorskip("higher_l2l", reason="the learned optimizer needs its plugin (pip install plugins/higher-l2l)")
+    figure = tmp_path / "learned.png"
+    lines = _run("learned_optimizer.py", "--quick", "--plot", str(figure))
+    _assert_drawn(figure, min_ink=0.04)  # loss curves and the meta-training curve
+    assert any(line.startswith("tuned learning rates") for line in lines), lines
+    last = re.fullmatch(r"held-out final loss: learned (\S+) adam (\S+) sgd (\S+)", lines[-1])
+    assert last is not None, lines
+    assert all(float(value) > 0 for value in last.groups()), lines
 
 
 class _Terminal(io.StringIO):
