@@ -39,6 +39,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'higher_core' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAYERS, *_HOST_FUNCTIONS})
+
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -173,7 +173,7 @@ def check_hypergradients(info: OptimizerInfo, row: OptimizerInput, steps: int = 
     The hyperparameters are the row's, else the table's, else the
     ``tensor_hyperparameters`` of the class built from the prepared reference.
     A tuple hyperparameter (``betas``) is checked entry by entry. The probe is
-    ``gradcheck``'s central difference with the step :func:`probe_step` (``1e-6``,
+    ``gradcheck``'s central difference with the step ``probe_step`` (``1e-6``,
     or 5% of a smaller value, so that ``eps=1e-8`` is probed within
     ``[0.95e-8, 1.05e-8]``, never at 0), at ``gradcheck``'s tolerances
     (``rtol=1e-3``, ``atol=1e-5``).

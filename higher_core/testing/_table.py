@@ -58,7 +58,7 @@ class OptimizerInput:
     (Prodigy's ``beta1=0``) or its finite difference cannot be trusted; ``()``
     checks none. ``skips`` maps a check name to the reason it does not apply to
     this row alone (a check the installed torch's own optimizer cannot run with
-    these options, say); the table's :attr:`OptimizerInfo.skips` apply to every row.
+    these options, say); the table's ``OptimizerInfo.skips`` apply to every row.
     """
 
     kwargs: Mapping[str, Any]
