@@ -41,6 +41,7 @@ __all__ = [
     "ddp_forward_halves",
     "dual_level_open",
     "math_attention",
+    "sdp_backend_names",
     "flatten_dense_tensors",
     "functorch_transforms_active",
     "optimizer_available",
@@ -191,14 +192,32 @@ def ddp_forward_halves(ddp: Any) -> tuple[Callable[..., Any], Callable[..., Any]
 
 # -- scaled_dot_product_attention's kernel ---------------------------------------------------------------
 
+_SDP_GETTER = re.compile(r"_get_(\w+)_sdp_enabled")
+
+
+def sdp_backend_names() -> list[str]:
+    """The attention backends ``sdpa_kernel`` sets, each with ``torch._C._get_<name>_sdp_enabled``/``_set_sdp_use_<name>``.
+
+    ``torch.nn.attention._backend_names`` where torch has it (2.13: ``"overrideable"``
+    too); on 2.4, the flags ``torch._C`` has: ``["cudnn", "flash", "math", "mem_efficient"]``.
+    """
+    import torch.nn.attention as attention
+
+    listed = getattr(attention, "_backend_names", None)
+    if isinstance(listed, dict):
+        return sorted(listed)
+    found = (_SDP_GETTER.fullmatch(name) for name in dir(torch._C))
+    return sorted(m.group(1) for m in found if m and hasattr(torch._C, f"_set_sdp_use_{m.group(1)}"))
+
+
 def _sdp_flags() -> tuple[tuple[Callable[[], bool], Callable[[bool], None], bool], ...] | None:
-    """``(getter, setter, is_math)`` of each attention backend flag (``torch.nn.attention._backend_names``)."""
-    try:
-        from torch.nn.attention import _backend_names
-        return tuple((getattr(torch._C, f"_get_{name}_sdp_enabled"), getattr(torch._C, f"_set_sdp_use_{name}"),
-                      name == "math") for name in _backend_names)
-    except (ImportError, AttributeError):  # pragma: no cover - only on a torch that renamed them
+    """``(getter, setter, is_math)`` of each attention backend flag, or ``None`` where torch renamed them."""
+    names = sdp_backend_names()
+    if "math" not in names or "flash" not in names or not all(  # pragma: no cover - a torch that renamed them
+            hasattr(torch._C, f"_set_sdp_use_{name}") for name in names):
         return None
+    return tuple((getattr(torch._C, f"_get_{name}_sdp_enabled"), getattr(torch._C, f"_set_sdp_use_{name}"),
+                  name == "math") for name in names)
 
 
 _SDP_FLAGS = _sdp_flags()
@@ -232,9 +251,8 @@ def math_attention() -> Any:
 
     The same as ``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)`` (the public
     API, torch >= 2.3, taken where the private flags below are renamed), at a
-    tenth of its cost: it sets ``torch._C._set_sdp_use_<backend>`` for the
-    backends of ``torch.nn.attention._backend_names`` that differ, and restores
-    them on exit. The flags are process-wide, as ``sdpa_kernel``'s are.
+    quarter of its cost: it sets the ``torch._C._set_sdp_use_<backend>`` flags of
+    :func:`sdp_backend_names` that differ, and restores them on exit. The flags are process-wide, as ``sdpa_kernel``'s are.
 
     Example:
         >>> q = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
