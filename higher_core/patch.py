@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from higher_core._attention import attention_kernel, select_in_forward
+from higher_core._checkpointing import check_no_checkpointing, checkpointing_layers
 from higher_core._boundary import check_bool, check_device, check_fast_weights, check_module, device_of, unwrap_ddp
 from higher_core._module_copy import deep_tree_copy, shallow_tree_copy
 from higher_core.compat import rnn_flat_weight_names
@@ -154,6 +155,7 @@ class PatchedModule(nn.Module):
         d["_slots"] = _bind_slots(patched, paths)
         d["_tied"] = [i for i, names in enumerate(paths) if len(names) > 1]
         d["_rnns"] = [sub for sub in patched.modules() if isinstance(sub, nn.RNNBase)]
+        d["_checkpointing"] = checkpointing_layers(patched)  # (transformers' layers)
         d["_param_meta"] = meta
         d["_fast_params"] = None
         d["_initial"] = None
@@ -226,6 +228,8 @@ class PatchedModule(nn.Module):
             )
         elif self._tied:
             self._retie()
+        if self._checkpointing and self._track_higher_grads and torch.is_grad_enabled():
+            check_no_checkpointing(self._checkpointing)
         with attention_kernel(self._track_higher_grads, self._math_attention):
             return self._patched(*args, **kwargs)
 
