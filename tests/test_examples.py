@@ -54,6 +54,16 @@ def test_omniglot_shaped_smoke(tmp_path):
     assert any("accuracy" in line for line in lines), lines
 
 
+def test_maml_gpt2_quick(tmp_path):
+    pytest.importorskip("transformers", reason="examples/maml_gpt2.py needs `pip install transformers` (tox.ini)")
+    figure = tmp_path / "gpt2.png"
+    lines = _run("maml_gpt2.py", "--quick", "--plot", str(figure))
+    _assert_drawn(figure, min_ink=0.02)  # two curves
+    table = [line for line in lines if line.startswith(("| MAML", "| pre-trained"))]
+    assert len(table) == 2 and all(len(line.split("|")) == 6 for line in table), lines
+    assert lines[-1].startswith("checksum "), lines
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
