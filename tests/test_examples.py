@@ -60,7 +60,9 @@ def test_maml_gpt2_quick(tmp_path):
     lines = _run("maml_gpt2.py", "--quick", "--plot", str(figure))
     _assert_drawn(figure, min_ink=0.02)  # two curves
     table = [line for line in lines if line.startswith(("| MAML", "| pre-trained"))]
-    assert len(table) == 2 and all(len(line.split("|")) == 6 for line in table), lines
+    assert len(table) == 2, lines
+    for line in table:  # the query loss after 0, 1, 2 and 5 steps
+        assert len([float(cell) for cell in line.strip("| ").split(" | ")[1:]]) == 4, line
     assert lines[-1].startswith("checksum "), lines
 
 
