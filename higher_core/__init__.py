@@ -19,6 +19,7 @@ from typing import Any
 
 from higher_core import errors, functional, optim, patch, utils
 from higher_core._context import innerloop_ctx
+from higher_core._double_backward import explain_missing_double_backward
 from higher_core._plugin_hooks import plugin_hooks
 from higher_core._registry import register_optim, unregister_optim
 from higher_core.hookspecs import hookimpl
@@ -49,6 +50,7 @@ __all__ = [
     "__version__",
     "create_diff_optim",
     "errors",
+    "explain_missing_double_backward",
     "functional",
     "get_diff_optim",
     "hookimpl",

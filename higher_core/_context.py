@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from higher_core._attention import select_in_forward
 from higher_core._boundary import check_bool, check_device, check_module
+from higher_core._double_backward import explain_missing_double_backward
 from higher_core._optimizer import DifferentiableOptimizer
 from higher_core._overrides import Override
 from higher_core._registry import resolve_for
@@ -30,6 +32,7 @@ def innerloop_ctx(
     override: Override | None = None,
     track_higher_grads: bool = True,
     tasks: int | None = None,
+    math_attention: bool = True,
     **kwargs: Any,
 ) -> Iterator[
     tuple[PatchedModule, DifferentiableOptimizer] | tuple[BatchedPatchedModule, BatchedDifferentiableOptimizer]
@@ -38,7 +41,10 @@ def innerloop_ctx(
 
     Every argument is checked here, before anything is copied. A
     ``torch.compile``'d model is unwrapped (its ``_orig_mod`` runs uncompiled:
-    a compiled graph cannot take fast weights), with a warning.
+    a compiled graph cannot take fast weights), with a warning. Inside the block,
+    torch's "derivative for aten::<op> is not implemented" (a meta-gradient through
+    an operation with no double backward) is raised as
+    :class:`~higher_core.errors.MissingDoubleBackwardError`, naming the op and the fix.
 
     Args:
         model: the module to adapt.
@@ -52,6 +58,9 @@ def innerloop_ctx(
         track_higher_grads: if False, unroll without a graph ("test mode").
         tasks: run a meta-batch of ``tasks`` independent inner loops at once: fast
             weights ``[T, *shape]``, per-task losses ``[T]`` (see :mod:`higher_core.batched`).
+        math_attention: while higher-order gradients are tracked, the patched forward runs
+            ``scaled_dot_product_attention`` with torch's math kernel (the fused ones have no
+            double backward); False keeps the kernel torch picks. See README "Transformers".
         **kwargs: passed on to the differentiable optimizer (``grad_callback``, or a
             plugin's own options).
 
@@ -74,15 +83,18 @@ def innerloop_ctx(
     device = check_device(device, "innerloop_ctx")
     copy_initial_weights = check_bool(copy_initial_weights, "innerloop_ctx(copy_initial_weights=...)")
     track_higher_grads = check_bool(track_higher_grads, "innerloop_ctx(track_higher_grads=...)")
+    math_attention = check_bool(math_attention, "innerloop_ctx(math_attention=...)")
     diff_type = resolve_for(opt)  # fail before copying the model
     if tasks is not None:  # batched tasks: the higher_core.batched layer, imported on first use
         from higher_core import batched
 
-        yield batched.innerloop(model, opt, tasks, device=device, copy_initial_weights=copy_initial_weights,
-                                override=override, track_higher_grads=track_higher_grads, **kwargs)
-        return
-    fmodel = monkeypatch(model, device=device, copy_initial_weights=copy_initial_weights,
-                         track_higher_grads=track_higher_grads)
-    diffopt = diff_type(opt, fmodel._reference_params, fmodel=fmodel, device=device, override=override,
-                        track_higher_grads=track_higher_grads, **kwargs)
-    yield fmodel, diffopt
+        pair = batched.innerloop(model, opt, tasks, device=device, copy_initial_weights=copy_initial_weights,
+                                 override=override, track_higher_grads=track_higher_grads, **kwargs)
+        select_in_forward(pair[0], math_attention)
+    else:
+        fmodel = monkeypatch(model, device=device, copy_initial_weights=copy_initial_weights,
+                             track_higher_grads=track_higher_grads, math_attention=math_attention)
+        pair = fmodel, diff_type(opt, fmodel._reference_params, fmodel=fmodel, device=device, override=override,
+                                 track_higher_grads=track_higher_grads, **kwargs)
+    with explain_missing_double_backward():
+        yield pair

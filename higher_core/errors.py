@@ -8,6 +8,7 @@ caught those keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "MissingDoubleBackwardError",
     "UnsupportedOptimizerError",
     "MissingOptimizerPluginError",
     "OptimizerUnavailableError",
@@ -64,3 +65,14 @@ class PluginLoadWarning(UserWarning):
 
 class SubclassResolutionWarning(UserWarning):
     """An optimizer subclass was resolved to the differentiable version of a base class."""
+
+
+class MissingDoubleBackwardError(RuntimeError):
+    """A meta-gradient reached an operation whose backward has no derivative in torch (no double backward).
+
+    Raised instead of torch's "derivative for aten::<op> is not implemented" (kept
+    as ``__cause__``) inside ``innerloop_ctx`` and
+    :func:`higher_core.explain_missing_double_backward`; the message names the
+    operation and the fix (the math attention kernel, first-order meta-gradients).
+    It is a :class:`RuntimeError`, as torch's error was.
+    """

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from higher_core._attention import attention_kernel, select_in_forward
+from higher_core._checkpointing import check_no_checkpointing, checkpointing_layers
 from higher_core._boundary import check_bool, check_device, check_fast_weights, check_module, device_of, unwrap_ddp
 from higher_core._module_copy import deep_tree_copy, shallow_tree_copy
 from higher_core.compat import rnn_flat_weight_names
@@ -128,7 +130,7 @@ class PatchedModule(nn.Module):
     """
 
     def __init__(self, module: nn.Module, device: torch.device | str | None = None,
-                 track_higher_grads: bool = True) -> None:
+                 track_higher_grads: bool = True, math_attention: bool = True) -> None:
         module = check_module(module, type(self).__name__, "module")
         device = check_device(device, type(self).__name__)
         super().__init__()
@@ -141,14 +143,14 @@ class PatchedModule(nn.Module):
             patched = shallow_tree_copy(module, device)
             paths = _parameters_to_attributes(patched, reference)
         meta = [(p.shape, p.dtype, device_of(p.device, device)) for p in reference]
-        self._setup(patched, paths, meta, track_higher_grads, device)
+        self._setup(patched, paths, meta, track_higher_grads, device, math_attention)
         for rnn in self.__dict__["_rnns"] if not again else ():  # (a patched module's copies have them)
             rnn.register_forward_pre_hook(_rnn_cudnn_off)
             rnn.register_forward_hook(_rnn_cudnn_restore, always_call=True)
         self.__dict__["_reference_params"] = reference  # the module's own, in order (no second walk)
 
     def _setup(self, patched: nn.Module, paths: list[list[str]], meta: list[Meta],
-               track_higher_grads: bool, device: torch.device | None) -> None:
+               track_higher_grads: bool, device: torch.device | None, math_attention: bool = True) -> None:
         d = self.__dict__
         d["_patched"] = patched
         d["_slot_paths"] = paths
@@ -156,6 +158,7 @@ class PatchedModule(nn.Module):
         d["_slots"] = _bind_slots(patched, paths)
         d["_tied"] = [i for i, names in enumerate(paths) if len(names) > 1]
         d["_rnns"] = [sub for sub in patched.modules() if isinstance(sub, nn.RNNBase)]
+        d["_checkpointing"] = checkpointing_layers(patched)  # (transformers' layers)
         d["_param_meta"] = meta
         d["_fast_params"] = None
         d["_initial"] = None
@@ -165,6 +168,7 @@ class PatchedModule(nn.Module):
         d["_parameters"] = patched._parameters
         d["_buffers"] = patched._buffers
         self.track_higher_grads = check_bool(track_higher_grads, f"{type(self).__name__}(track_higher_grads=...)")
+        self.math_attention = check_bool(math_attention, f"{type(self).__name__}(math_attention=...)")
 
     def _copy_for_patching(self, device: torch.device | None) -> tuple[list[torch.Tensor], nn.Module, list[list[str]]]:
         """A copy of this module's tree for patching it again: the latest fast weights, the copy, their names.
@@ -205,10 +209,10 @@ class PatchedModule(nn.Module):
     @classmethod
     def _from_parts(cls, patched: nn.Module, paths: list[list[str]], meta: list[Meta],
                     fast: list[torch.Tensor] | None, track_higher_grads: bool,
-                    device: torch.device | None) -> PatchedModule:
+                    device: torch.device | None, math_attention: bool = True) -> PatchedModule:
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self._setup(patched, paths, meta, track_higher_grads, device)
+        self._setup(patched, paths, meta, track_higher_grads, device, math_attention)
         if fast is not None:
             self.update_params(fast)
         return self
@@ -227,7 +231,10 @@ class PatchedModule(nn.Module):
             )
         elif self._tied:
             self._retie()
-        return self._patched(*args, **kwargs)
+        if self._checkpointing and self._track_higher_grads and torch.is_grad_enabled():
+            check_no_checkpointing(self._checkpointing)
+        with attention_kernel(self._track_higher_grads, self._math_attention):
+            return self._patched(*args, **kwargs)
 
     # -- fast weights -------------------------------------------------------------------
     def update_params(self, params: Iterable[torch.Tensor]) -> None:
@@ -483,6 +490,28 @@ class PatchedModule(nn.Module):
         for rnn in self._rnns:
             rnn.__dict__[_NO_CUDNN] = value
 
+    @property
+    def math_attention(self) -> bool:
+        """Whether ``scaled_dot_product_attention`` runs torch's math kernel while higher-order grads are tracked.
+
+        True by default: the fused kernels (flash, memory-efficient) have no double
+        backward, so a meta-gradient through them fails. Only while
+        :attr:`track_higher_grads` is True and grad mode is on; test mode and
+        ``torch.no_grad()`` keep the fused kernels. Set it False to keep the
+        kernel torch picks (first-order use, or a model without attention).
+
+        Example:
+            >>> import torch, higher_core
+            >>> fnet = higher_core.patch.monkeypatch(torch.nn.MultiheadAttention(4, 2, batch_first=True))
+            >>> fnet.math_attention
+            True
+        """
+        return self._math_attention
+
+    @math_attention.setter
+    def math_attention(self, value: bool) -> None:
+        self.__dict__["_math_attention"] = check_bool(value, "fmodel.math_attention")
+
     # -- copies --------------------------------------------------------------------------
     def __deepcopy__(self, memo: dict[int, Any]) -> PatchedModule:
         fast = None
@@ -494,12 +523,12 @@ class PatchedModule(nn.Module):
                 fast.append(memo[id(p)])
         patched = deep_tree_copy(self._patched, memo)
         return self._from_parts(patched, copy.deepcopy(self._slot_paths), list(self._param_meta),
-                                fast, self._track_higher_grads, self._device)
+                                fast, self._track_higher_grads, self._device, self._math_attention)
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         clone = copy.deepcopy(self)
         return _rebuild, (type(self), clone._patched, clone._slot_paths, clone._param_meta,
-                          clone.fast_params, clone._track_higher_grads, clone._device)
+                          clone.fast_params, clone._track_higher_grads, clone._device, clone._math_attention)
 
     # -- behaving like the original ------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -579,7 +608,7 @@ def make_functional(module: nn.Module,
 
 def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
                 copy_initial_weights: bool = True, track_higher_grads: bool = True,
-                tasks: int | None = None) -> PatchedModule | BatchedPatchedModule:
+                tasks: int | None = None, math_attention: bool = True) -> PatchedModule | BatchedPatchedModule:
     """A monkey-patched stateless version of ``module``, with initial fast weights.
 
     Args:
@@ -594,6 +623,9 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
             unroll is not differentiable (test mode; memory stays flat).
         tasks: if given, a :class:`higher_core.batched.BatchedPatchedModule` for a
             meta-batch of ``tasks`` tasks (fast weights ``[T, *shape]``).
+        math_attention: while higher-order gradients are tracked, run
+            ``scaled_dot_product_attention`` with torch's math kernel, the one with a
+            double backward (see :attr:`PatchedModule.math_attention`).
 
     Returns:
         A :class:`PatchedModule` (with ``tasks``, a
@@ -611,11 +643,15 @@ def monkeypatch(module: nn.Module, device: torch.device | str | None = None,
     device = check_device(device, "monkeypatch")
     copy_initial_weights = check_bool(copy_initial_weights, "monkeypatch(copy_initial_weights=...)")
     track_higher_grads = check_bool(track_higher_grads, "monkeypatch(track_higher_grads=...)")
+    math_attention = check_bool(math_attention, "monkeypatch(math_attention=...)")
     if tasks is not None:  # batched tasks: higher_core/batched
         from higher_core.batched import BatchedPatchedModule
-        return BatchedPatchedModule(module, tasks, device=device, copy_initial_weights=copy_initial_weights,
-                                    track_higher_grads=track_higher_grads)
-    fmodule = PatchedModule(module, device=device, track_higher_grads=track_higher_grads)
+        batched = BatchedPatchedModule(module, tasks, device=device, copy_initial_weights=copy_initial_weights,
+                                       track_higher_grads=track_higher_grads)
+        select_in_forward(batched, math_attention)
+        return batched
+    fmodule = PatchedModule(module, device=device, track_higher_grads=track_higher_grads,
+                            math_attention=math_attention)
     initial = _initial_fast_weights(fmodule._reference_params, device, copy_initial_weights)
     fmodule.update_params(initial)
     fmodule.__dict__["_initial"] = initial

@@ -148,3 +148,42 @@ def test_installed_plugins_for_newer_optimizers_follow_the_torch(name, host):
         with pytest.raises(OptimizerUnavailableError, match=rf"needs torch >= {since}; you have"):
             getattr(higher_core.optim, f"Differentiable{name}")
         assert not hasattr(higher_core.optim, f"Differentiable{name}")
+
+
+def _sdp_state() -> dict[str, bool]:
+    return {name: getattr(torch._C, f"_get_{name}_sdp_enabled")() for name in compat.sdp_backend_names()}
+
+
+def test_sdp_backend_names_are_torchs_attention_flags():
+    names = compat.sdp_backend_names()
+    assert {"flash", "math", "mem_efficient"} <= set(names)  # the private flags the fast path sets
+    assert compat._SDP_FLAGS is not None  # (else the 4x slower sdpa_kernel fallback runs)
+    import torch.nn.attention as attention
+
+    if hasattr(attention, "_backend_names"):  # newer torch lists them itself
+        assert sorted(attention._backend_names) == names
+    else:  # torch 2.4: sdpa_kernel sets these four
+        assert names == ["cudnn", "flash", "math", "mem_efficient"]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["flags", "sdpa_kernel-fallback"])
+def test_math_attention_is_sdpa_kernel_math(fast, monkeypatch):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not fast:
+        monkeypatch.setattr(compat, "_SDP_FLAGS", None)
+    before = _sdp_state()
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = _sdp_state()
+    torch.backends.cuda.enable_math_sdp(False)  # a user's choice is overridden inside and restored after
+    try:
+        with compat.math_attention():
+            assert _sdp_state() == expected
+            q = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+            out = nn.functional.scaled_dot_product_attention(q, q, q)
+            g, = torch.autograd.grad(out.sum(), q, create_graph=True)
+            g.sum().backward()  # the math kernel has a double backward
+        assert _sdp_state() == {**before, "math": False}
+    finally:
+        torch.backends.cuda.enable_math_sdp(True)
+    assert _sdp_state() == before

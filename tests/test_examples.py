@@ -66,6 +66,18 @@ def test_learned_optimizer_quick(tmp_path):
     assert all(float(value) > 0 for value in last.groups()), lines
 
 
+def test_maml_gpt2_quick(tmp_path):
+    pytest.importorskip("transformers", reason="examples/maml_gpt2.py needs `pip install transformers` (tox.ini)")
+    figure = tmp_path / "gpt2.png"
+    lines = _run("maml_gpt2.py", "--quick", "--plot", str(figure))
+    _assert_drawn(figure, min_ink=0.02)  # two curves
+    table = [line for line in lines if line.startswith(("| MAML", "| pre-trained"))]
+    assert len(table) == 2, lines
+    for line in table:  # the query loss after 0, 1, 2 and 5 steps
+        assert len([float(cell) for cell in line.strip("| ").split(" | ")[1:]]) == 4, line
+    assert lines[-1].startswith("checksum "), lines
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
