@@ -17,40 +17,42 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from higher_core import errors, functional, optim, patch, utils
+from higher_core import errors, functional, optim, patch
 from higher_core._context import innerloop_ctx
-from higher_core._double_backward import explain_missing_double_backward
 from higher_core._plugin_hooks import plugin_hooks
 from higher_core._registry import register_optim, unregister_optim
 from higher_core.hookspecs import hookimpl
-from higher_core.optim import create_diff_optim, get_diff_optim
+from higher_core.optim import get_diff_optim
 from higher_core.patch import monkeypatch
 
 #: the optional layers on top of the core, imported on first use (``higher_core.batched``, ...)
-_LAYERS = ("batched", "distributed", "implicit", "testing")
-#: the plugin host's public functions: the host is loaded at the first optimizer lookup, not before
-_HOST_FUNCTIONS = ("plugin_host", "register_plugin", "unregister_plugin")
+_LAYERS = ("batched", "distributed", "implicit", "testing", "utils")
+#: public functions whose modules are loaded on first use: the plugin host (at the first optimizer
+#: lookup), the missing-double-backward explainer, higher's create_diff_optim
+_LAZY = {"plugin_host": "higher_core._plugins", "register_plugin": "higher_core._plugins",
+         "unregister_plugin": "higher_core._plugins", "create_diff_optim": "higher_core._trainable",
+         "explain_missing_double_backward": "higher_core._double_backward"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAYERS:  # a layer is imported only when it is used
         return importlib.import_module(f"higher_core.{name}")
-    if name in _HOST_FUNCTIONS:
-        return getattr(importlib.import_module("higher_core._plugins"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'higher_core' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAYERS, *_HOST_FUNCTIONS})
+    return sorted({*globals(), *_LAYERS, *_LAZY})
 
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
-    "create_diff_optim",
+    "create_diff_optim",  # noqa: F822 (loaded on first use)
     "errors",
-    "explain_missing_double_backward",
+    "explain_missing_double_backward",  # noqa: F822 (loaded on first use)
     "functional",
     "get_diff_optim",
     "hookimpl",
@@ -65,5 +67,5 @@ __all__ = [
     "register_plugin",  # noqa: F822 (the plugin host, loaded on first use)
     "unregister_optim",
     "unregister_plugin",  # noqa: F822 (the plugin host, loaded on first use)
-    "utils",
+    "utils",  # noqa: F822 (higher's utils, loaded on first use)
 ]

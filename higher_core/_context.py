@@ -11,7 +11,6 @@ from torch import nn
 
 from higher_core._attention import select_in_forward
 from higher_core._boundary import check_bool, check_device, check_module
-from higher_core._double_backward import explain_missing_double_backward
 from higher_core._optimizer import DifferentiableOptimizer
 from higher_core._overrides import Override
 from higher_core._registry import resolve_for
@@ -96,5 +95,12 @@ def innerloop_ctx(
                              track_higher_grads=track_higher_grads, math_attention=math_attention)
         pair = fmodel, diff_type(opt, fmodel._reference_params, fmodel=fmodel, device=device, override=override,
                                  track_higher_grads=track_higher_grads, **kwargs)
-    with explain_missing_double_backward():
+    try:
         yield pair
+    except RuntimeError as error:  # torch's "derivative for ... is not implemented": name the op and the fix
+        from higher_core._double_backward import translate
+
+        translated = translate(error)
+        if translated is None:
+            raise
+        raise translated from error

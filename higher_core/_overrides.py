@@ -9,12 +9,12 @@ require grad; the update rules use them as they are, so they receive gradients.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["Override", "merged_groups", "normalize_override", "plain_value", "trainable_value"]
+__all__ = ["Override", "merged_groups", "normalize_override"]
 
 Override = Mapping[str, Any]
 
@@ -179,23 +179,3 @@ def merged_groups(param_groups: Sequence[Mapping[str, Any]],
             for group, v in zip(groups, values):
                 group[key] = v
     return groups
-
-
-def trainable_value(value: Any, device: torch.device | str | None, dtype: torch.dtype | None) -> Any:
-    """A hyperparameter as a leaf tensor (or tuple of them) that requires grad."""
-    if isinstance(value, tuple):
-        return tuple(trainable_value(v, device, dtype) for v in value)
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(device=device, dtype=dtype, copy=True).requires_grad_()
-    return torch.tensor(float(value), device=device, dtype=dtype, requires_grad=True)
-
-
-def plain_value(learned: Any, current: Any) -> Any:
-    """A learned override value converted back to the kind of value ``current`` is."""
-    if isinstance(current, tuple):
-        items: Iterable[Any] = learned.unbind() if isinstance(learned, torch.Tensor) else learned
-        return tuple(plain_value(v, c) for v, c in zip(items, current))
-    if isinstance(current, torch.Tensor):
-        return torch.as_tensor(learned).detach().to(device=current.device, dtype=current.dtype).clone()
-    value = learned.item() if isinstance(learned, torch.Tensor) else learned
-    return float(value) if isinstance(current, numbers.Real) and not isinstance(current, bool) else value
