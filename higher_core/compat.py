@@ -36,6 +36,7 @@ __all__ = [
     "MIN_TORCH",
     "OPTIMIZER_SINCE",
     "TORCH_VERSION",
+    "CONV_TYPES",
     "GLOBAL_MODULE_HOOKS",
     "accepts_option",
     "ddp_forward_halves",
@@ -45,6 +46,7 @@ __all__ = [
     "flatten_dense_tensors",
     "functorch_transforms_active",
     "optimizer_available",
+    "pytree",
     "rnn_flat_weight_names",
     "torch_at_least",
     "torch_optimizer",
@@ -262,3 +264,18 @@ def math_attention() -> Any:
         False
     """
     return _MathAttention() if _SDP_FLAGS is not None else _math_attention_fallback()
+
+
+def _pytree() -> Any:
+    from torch.utils import _pytree as pytree  # private, but the one tree utility vmap itself uses
+
+    return pytree
+
+
+#: ``torch.utils._pytree``: ``tree_flatten``, ``tree_unflatten``, ``tree_map``, ``tree_leaves``
+pytree: Any = _pytree()
+
+#: the base class of torch's convolutions (``torch.nn.modules.conv._ConvNd``); without it, the public ones
+CONV_TYPES: tuple[type, ...] = ((torch.nn.modules.conv._ConvNd,) if hasattr(torch.nn.modules.conv, "_ConvNd")
+                                else (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d,
+                                      torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d))

@@ -187,3 +187,21 @@ def test_math_attention_is_sdpa_kernel_math(fast, monkeypatch):
     finally:
         torch.backends.cuda.enable_math_sdp(True)
     assert _sdp_state() == before
+
+
+def test_pytree_is_torchs_and_round_trips():
+    from torch.utils import _pytree  # fails here first if torch moves it
+
+    assert compat.pytree is _pytree
+    tree = ({"a": torch.zeros(1), "b": [torch.ones(2), 3]}, (torch.ones(()),))
+    leaves, spec = compat.pytree.tree_flatten(tree)
+    assert len(leaves) == 4 and len(compat.pytree.tree_leaves(tree)) == 4
+    rebuilt = compat.pytree.tree_unflatten(leaves, spec)
+    assert rebuilt[0]["b"][1] == 3 and torch.equal(rebuilt[1][0], torch.ones(()))
+
+
+def test_conv_types_cover_every_convolution():
+    assert compat.CONV_TYPES == (nn.modules.conv._ConvNd,)
+    for conv in (nn.Conv1d(1, 1, 1), nn.Conv2d(1, 1, 1), nn.Conv3d(1, 1, 1), nn.ConvTranspose2d(1, 1, 1)):
+        assert isinstance(conv, compat.CONV_TYPES)
+    assert not isinstance(nn.Linear(1, 1), compat.CONV_TYPES)

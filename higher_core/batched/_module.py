@@ -30,9 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
-from torch.utils import _pytree as pytree
 
 from higher_core._boundary import check_bool
+from higher_core.batched._errors import BatchingError
+from higher_core.compat import CONV_TYPES, pytree
 from higher_core._module_copy import named_tensors, shallow_tree_copy
 from higher_core.batched import _matmul
 
@@ -55,6 +56,27 @@ def _check_tasks(tasks: Any) -> int:
 #: batching operators that can output dynamic shape", an autograd.Function without a vmap rule)
 _VMAP_UNSUPPORTED = re.compile(r"\bvmap\b|batching rule", re.IGNORECASE)
 _OUT_OF_MEMORY = re.compile(r"out of memory|not enough memory|can't allocate memory", re.IGNORECASE)
+
+
+def _refuse_aliased_modules(module: nn.Module) -> None:
+    """Refuse a module with parameters reachable by two paths (T5's ``shared`` is ``encoder.embed_tokens``).
+
+    ``torch.func.functional_call``, which every batched forward goes through,
+    leaves a swapped tensor behind in such a module, so later calls would read a
+    stale weight: wrong meta-gradients, silently (torch 2.13). The unbatched
+    patched module is exact there.
+    """
+    paths: dict[int, list[str]] = {}
+    for name, sub in module.named_modules(remove_duplicate=False):
+        if next(sub.parameters(recurse=False), None) is not None:
+            paths.setdefault(id(sub), []).append(name or "(the module itself)")
+    aliased = next((names for names in paths.values() if len(names) > 1), None)
+    if aliased is not None:
+        raise BatchingError(
+            f"tasks= cannot run this module: its submodule {aliased[0]!r} is also {aliased[1]!r} (one module "
+            "reachable by two paths), which torch.func.functional_call, under every batched forward, restores "
+            "wrongly (stale weights, wrong meta-gradients); run one inner loop per task (no tasks=)"
+        )
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -114,6 +136,7 @@ class BatchedPatchedModule(nn.Module):
                  copy_initial_weights: bool = True, track_higher_grads: bool = True) -> None:
         super().__init__()
         tasks = _check_tasks(tasks)
+        _refuse_aliased_modules(module)
         named, named_buffers = named_tensors(module)
         params = [p for _, p in named]
         d = self.__dict__
@@ -133,7 +156,7 @@ class BatchedPatchedModule(nn.Module):
         d["_plan"] = _matmul.plan(copied, {id(p): i for i, p in enumerate(params)})
         on_cpu = (torch.device(device) if device is not None else
                   params[0].device if params else torch.device("cpu")).type == "cpu"
-        if d["_plan"] is None and on_cpu and any(isinstance(m, nn.modules.conv._ConvNd) for m in copied.modules()):
+        if d["_plan"] is None and on_cpu and any(isinstance(m, CONV_TYPES) for m in copied.modules()):
             d["fallback_reason"] = _CONV_ON_CPU
         d["training"] = module.training
         self.track_higher_grads = track_higher_grads
