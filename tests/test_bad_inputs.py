@@ -174,7 +174,8 @@ def test_track_higher_grads_is_one_public_flag():
 def test_a_compiled_model_is_unwrapped_with_a_warning():
     net, x = nn.Linear(2, 1).double(), torch.randn(3, 2, dtype=torch.float64)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    compiled = torch.compile(net)
+    # backend="eager": a compiled module all the same, without starting inductor's pool of compile workers
+    compiled = torch.compile(net, backend="eager")
     with pytest.warns(UserWarning, match=r"innerloop_ctx\(model=\.\.\.\) got a torch\.compile'd module.*_orig_mod"):
         with higher.innerloop_ctx(compiled, opt, copy_initial_weights=False) as (fnet, diffopt):
             diffopt.step(fnet(x).pow(2).sum())

@@ -36,13 +36,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(fn, *args) -> None:
+def _spawn(fn, *args, deadline: float = 240) -> None:
     """Run ``fn(rank, port, *args)`` on WORLD processes; raises the first failing rank's error.
 
-    Forked where the platform can (no second import of torch: seconds per process).
+    Spawned, not forked: a fork of a pytest worker that an earlier test left with threads (an OpenMP
+    pool, inductor's compile workers) deadlocked a child on torch 2.4 (about 2 s more per call). A
+    child that does not finish within ``deadline`` seconds is killed and the test fails, instead of
+    hanging the suite.
     """
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(fn, args=(_free_port(), *args), nprocs=WORLD, join=True, start_method=method)
+    context = mp.start_processes(fn, args=(_free_port(), *args), nprocs=WORLD, join=False, start_method="spawn")
+    end = time.monotonic() + deadline
+    while not context.join(timeout=1):  # raises the first failing rank's error
+        if time.monotonic() > end:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError(f"the {WORLD} processes did not finish within {deadline} s; killed")
 
 
 def _init(rank: int, port: int, seconds: float = 60) -> None:
