@@ -44,7 +44,13 @@ def _spawn(fn, *args, deadline: float = 240) -> None:
     child that does not finish within ``deadline`` seconds is killed and the test fails, instead of
     hanging the suite.
     """
-    context = mp.start_processes(fn, args=(_free_port(), *args), nprocs=WORLD, join=False, start_method="spawn")
+    kept = list(sys.path)
+    sys.path.insert(0, str(ROOT))  # a spawned child imports fn's module (tests.test_distributed) from here
+    try:
+        context = mp.start_processes(fn, args=(_free_port(), *args), nprocs=WORLD, join=False,
+                                     start_method="spawn")
+    finally:
+        sys.path[:] = kept
     end = time.monotonic() + deadline
     while not context.join(timeout=1):  # raises the first failing rank's error
         if time.monotonic() > end:
