@@ -194,22 +194,24 @@ def ddp_forward_halves(ddp: Any) -> tuple[Callable[..., Any], Callable[..., Any]
 
 # -- scaled_dot_product_attention's kernel ---------------------------------------------------------------
 
-_SDP_GETTER = re.compile(r"_get_(\w+)_sdp_enabled")
+#: the backends ``sdpa_kernel`` switches on a torch without ``torch.nn.attention._backend_names``
+_SDPA_KERNEL_BACKENDS = ("cudnn", "flash", "math", "mem_efficient")
 
 
 def sdp_backend_names() -> list[str]:
     """The attention backends ``sdpa_kernel`` sets, each with ``torch._C._get_<name>_sdp_enabled``/``_set_sdp_use_<name>``.
 
     ``torch.nn.attention._backend_names`` where torch has it (2.13: ``"overrideable"``
-    too); on 2.4, the flags ``torch._C`` has: ``["cudnn", "flash", "math", "mem_efficient"]``.
+    too); before, the four ``sdpa_kernel`` sets: ``["cudnn", "flash", "math", "mem_efficient"]``
+    (torch 2.5 has an ``overrideable`` flag that its ``sdpa_kernel`` leaves alone, and so do we).
     """
     import torch.nn.attention as attention
 
     listed = getattr(attention, "_backend_names", None)
     if isinstance(listed, dict):
         return sorted(listed)
-    found = (_SDP_GETTER.fullmatch(name) for name in dir(torch._C))
-    return sorted(m.group(1) for m in found if m and hasattr(torch._C, f"_set_sdp_use_{m.group(1)}"))
+    return [name for name in _SDPA_KERNEL_BACKENDS
+            if hasattr(torch._C, f"_get_{name}_sdp_enabled") and hasattr(torch._C, f"_set_sdp_use_{name}")]
 
 
 def _sdp_flags() -> tuple[tuple[Callable[[], bool], Callable[[bool], None], bool], ...] | None:

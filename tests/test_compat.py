@@ -162,7 +162,7 @@ def test_sdp_backend_names_are_torchs_attention_flags():
 
     if hasattr(attention, "_backend_names"):  # newer torch lists them itself
         assert sorted(attention._backend_names) == names
-    else:  # torch 2.4: sdpa_kernel sets these four
+    else:  # before torch lists them (2.4, 2.5): the four sdpa_kernel sets
         assert names == ["cudnn", "flash", "math", "mem_efficient"]
 
 
