@@ -408,6 +408,7 @@ def test_a_parameter_in_two_param_groups_with_tasks_steps_each_task_as_torch_doe
             torch.testing.assert_close(ours[t], theirs, rtol=1e-10, atol=0)
 
 
+@pytest.mark.skipif(not optimizer_available("Adafactor"), reason="torch.optim.Adafactor needs torch >= 2.5")
 @pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.float64, torch.float16),
                                     (torch.float16, torch.bfloat16, torch.float64)], ids=["bf16-f64-f16", "f16-bf16-f64"])
 def test_adafactor_on_layers_of_three_dtypes_equals_torch(dtypes):

@@ -161,8 +161,9 @@ def multi_element_lr_refusal() -> tuple[type[Exception], str]:
         ``(exception type, regex of its message)``, for an :class:`ErrorOptimizerInput`.
 
     Example:
-        >>> multi_element_lr_refusal()[0].__name__
-        'ValueError'
+        >>> error, message = multi_element_lr_refusal()
+        >>> error.__name__ in ("ValueError", "RuntimeError")
+        True
     """
     if torch_at_least(2, 5):
         return ValueError, "Tensor lr must be 1-element"
