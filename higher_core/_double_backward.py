@@ -63,13 +63,14 @@ def explain_missing_double_backward() -> Iterator[None]:
 
     Example:
         >>> import torch, higher_core
-        >>> x, w = torch.randn(3, 2), torch.randn(4, 2, requires_grad=True)
-        >>> g, = torch.autograd.grad(torch.cdist(x, w, p=1).sum(), w, create_graph=True)
+        >>> x, w = torch.randn(6, 2, 3), torch.randn(3, 5, requires_grad=True)
+        >>> ctc = torch.nn.functional.ctc_loss((x @ w).log_softmax(-1), torch.tensor([[1, 2], [3, 1]]), [6, 6], [2, 2])
+        >>> g, = torch.autograd.grad(ctc, w, create_graph=True)
         >>> with higher_core.explain_missing_double_backward():
         ...     g.sum().backward()
         Traceback (most recent call last):
         ...
-        higher_core.errors.MissingDoubleBackwardError: the meta-gradient needs the derivative of _cdist_backward, ...
+        higher_core.errors.MissingDoubleBackwardError: the meta-gradient needs the derivative of _ctc_loss_backward, ...
     """
     try:
         yield

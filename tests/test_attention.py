@@ -89,19 +89,23 @@ def test_a_transformer_layer_has_second_order_meta_gradients_by_default():
         _meta_gradient(_encoder(), math_attention=False)
 
 
-class _L1Distance(nn.Module):
+class _CTC(nn.Module):
+    """A CTC loss of a linear map: its backward, _ctc_loss_backward, has no derivative (torch 2.4 to 2.14;
+    cdist(p=1), the op used before, has one from torch 2.14)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.centres = nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+        self.weight = nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cdist(x, self.centres, p=1)  # its backward, _cdist_backward, has no derivative
+        log_probs = (x @ self.weight).log_softmax(-1)  # x: [time 6, batch 2, 3]
+        return nn.functional.ctc_loss(log_probs, torch.tensor([[1, 2], [3, 1]]), [6, 6], [2, 2])
 
 
 def test_an_op_without_double_backward_is_named_with_the_fix():
-    net, x = _L1Distance(), torch.randn(5, 3, dtype=torch.float64)
-    with pytest.raises(MissingDoubleBackwardError, match=r"derivative of _cdist_backward.*track_higher_grads=False") \
-            as caught:
+    net, x = _CTC(), torch.randn(6, 2, 3, dtype=torch.float64)
+    missing = r"derivative of _ctc_loss_backward.*track_higher_grads=False"
+    with pytest.raises(MissingDoubleBackwardError, match=missing) as caught:
         with higher_core.innerloop_ctx(net, torch.optim.SGD(net.parameters(), lr=0.1),
                                        copy_initial_weights=False) as (fmodel, diffopt):
             diffopt.step(fmodel(x).sum())
@@ -115,10 +119,10 @@ def test_an_op_without_double_backward_is_named_with_the_fix():
 
 
 def test_the_helper_translates_a_meta_backward_outside_the_block_and_passes_other_errors():
-    net, x = _L1Distance(), torch.randn(5, 3, dtype=torch.float64)
+    net, x = _CTC(), torch.randn(6, 2, 3, dtype=torch.float64)
     fmodel = higher_core.monkeypatch(net, copy_initial_weights=False)
     g, = torch.autograd.grad(fmodel(x).sum(), fmodel.fast_params, create_graph=True)
-    with pytest.raises(MissingDoubleBackwardError, match="_cdist_backward"):
+    with pytest.raises(MissingDoubleBackwardError, match="_ctc_loss_backward"):
         with higher_core.explain_missing_double_backward():
             (fmodel(x, params=[fmodel.fast_params[0] - g]).sum()).backward()
     with pytest.raises(RuntimeError, match="^an unrelated error$"):
