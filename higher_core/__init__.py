@@ -26,12 +26,13 @@ from higher_core.optim import get_diff_optim
 from higher_core.patch import monkeypatch
 
 #: the optional layers on top of the core, imported on first use (``higher_core.batched``, ...)
-_LAYERS = ("batched", "distributed", "implicit", "testing", "utils")
+_LAYERS = ("batched", "distributed", "implicit", "testing", "unrolling", "utils")
 #: public functions whose modules are loaded on first use: the plugin host (at the first optimizer
 #: lookup), the missing-double-backward explainer, higher's create_diff_optim
 _LAZY = {"plugin_host": "higher_core._plugins", "register_plugin": "higher_core._plugins",
          "unregister_plugin": "higher_core._plugins", "create_diff_optim": "higher_core._trainable",
-         "explain_missing_double_backward": "higher_core._double_backward"}
+         "explain_missing_double_backward": "higher_core._double_backward",
+         "unroll": "higher_core.unrolling", "offload": "higher_core.unrolling"}
 
 
 def __getattr__(name: str) -> Any:
@@ -59,6 +60,7 @@ __all__ = [
     "implicit",  # noqa: F822 (a lazy layer: __getattr__)
     "innerloop_ctx",
     "monkeypatch",
+    "offload",  # noqa: F822 (loaded on first use)
     "optim",
     "patch",
     "plugin_hooks",
@@ -67,5 +69,7 @@ __all__ = [
     "register_plugin",  # noqa: F822 (the plugin host, loaded on first use)
     "unregister_optim",
     "unregister_plugin",  # noqa: F822 (the plugin host, loaded on first use)
+    "unroll",  # noqa: F822 (loaded on first use)
+    "unrolling",  # noqa: F822 (a lazy layer: __getattr__)
     "utils",  # noqa: F822 (higher's utils, loaded on first use)
 ]
