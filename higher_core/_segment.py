@@ -34,16 +34,22 @@ class Segment:
     """Steps ``start .. stop-1`` of an unroll: what its forward and backward share."""
 
     def __init__(self, step_fn: StepFn, fmodel: Any, diffopt: Any, start: int, stop: int,
-                 state: LoopState, extras: list[torch.Tensor]) -> None:
+                 state: LoopState) -> None:
         self.step_fn, self.fmodel, self.diffopt = step_fn, fmodel, diffopt
         self.start, self.stop = start, stop
         self.state_in = state
-        self.extras = extras
+        self.num_state = len(state.tensors)
         self.buffers_in = [b.clone() for b in buffers_of(fmodel)]
         self.rng_in = RNGState(cuda_devices(state.tensors))
         self.state_out: LoopState | None = None
         self.buffers_out: list[torch.Tensor] = []
         self.differentiable: list[bool] = []
+
+    def release(self) -> None:
+        """Drop the references to the state's tensors (autograd keeps what the backward needs)."""
+        self.state_in.tensors = []
+        if self.state_out is not None:
+            self.state_out.tensors = []
 
     def _steps(self) -> None:
         for k in range(self.start, self.stop):
@@ -78,7 +84,7 @@ class Segment:
                 "unroll(checkpoint=...): a checkpointed unroll gives meta-gradients, not gradients of "
                 "meta-gradients (create_graph=True in the outer backward); unroll without checkpoint= for those"
             )
-        n = len(self.state_in.tensors)
+        n = self.num_state
         leaves = [t.detach().requires_grad_(t.requires_grad) for t in inputs[:n]]
         with torch.enable_grad(), restored_afterwards(self.fmodel, self.diffopt):
             set_buffers(self.fmodel, self.buffers_in)
@@ -147,7 +153,7 @@ class SegmentFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, segment: Segment, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        outputs = segment.run_forward(inputs[:len(segment.state_in.tensors)])
+        outputs = segment.run_forward(inputs[:segment.num_state])
         ctx.segment = segment
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*inputs, *outputs)

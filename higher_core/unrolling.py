@@ -84,7 +84,8 @@ def unroll(step_fn: StepFn, fmodel: Any, diffopt: Any, steps: int, *, checkpoint
         steps: the number of inner steps.
         checkpoint: ``None`` (a plain unroll), the steps per segment, or ``"sqrt"``.
         inputs: tensors ``step_fn`` reads that need gradients and that are not the fast weights or
-            ``diffopt``'s hyperparameters (which are found on their own): for example the synthetic
+            ``diffopt``'s hyperparameters or the original module's parameters (which are found on their
+            own): for example the synthetic
             data of dataset distillation, or per-step learning rates passed as ``override=``.
             Checkpointing needs them named; a forgotten one is an error, not a lost gradient.
 
@@ -108,14 +109,18 @@ def unroll(step_fn: StepFn, fmodel: Any, diffopt: Any, steps: int, *, checkpoint
         return
     before = LoopState.capture(fmodel, diffopt)
     step_fn(fmodel, diffopt, 0)  # the first step as usual: the state's keys exist and say what is differentiable
-    extras = _unique([*extras, *_hyperparameter_tensors(diffopt)], before.tensors)
-    _refuse_undeclared(LoopState.capture(fmodel, diffopt).tensors, [*before.tensors, *extras])
+    # what the steps may read besides the state they start from: the original module's parameters and
+    # the weights the unroll started from (iMAML's proximal term reads the initial weights)
+    extras = _unique([*extras, *_hyperparameter_tensors(diffopt),
+                      *[t for t in [*fmodel.__dict__.get("_reference_params", ()), *before.tensors] if t.requires_grad]])
+    _refuse_undeclared(LoopState.capture(fmodel, diffopt).tensors, extras)
     for start in range(1, steps, segment):
         state = LoopState.capture(fmodel, diffopt)
-        run = Segment(step_fn, fmodel, diffopt, start, min(start + segment, steps), state, extras)
+        run = Segment(step_fn, fmodel, diffopt, start, min(start + segment, steps), state)
         outputs = SegmentFunction.apply(run, *state.tensors, *extras)
         assert run.state_out is not None
         run.state_out.load(fmodel, diffopt, list(outputs))
+        run.release()
 
 
 def offload(pin_memory: bool | None = None) -> Any:
@@ -164,8 +169,8 @@ def _hyperparameter_tensors(diffopt: Any) -> list[torch.Tensor]:
     return [t for _, t in found if t.requires_grad]
 
 
-def _unique(tensors: list[torch.Tensor], exclude: list[torch.Tensor]) -> list[torch.Tensor]:
-    seen = {id(t) for t in exclude}
+def _unique(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    seen: set[int] = set()
     kept = []
     for t in tensors:
         if id(t) not in seen:
@@ -194,8 +199,8 @@ def _refuse_undeclared(outputs: list[torch.Tensor], declared: list[torch.Tensor]
             if id(variable) not in leaves:
                 raise RuntimeError(
                     f"unroll(checkpoint=...): step_fn reads a tensor that requires grad (shape "
-                    f"{tuple(variable.shape)}, {variable.dtype}) and is neither a fast weight nor a hyperparameter "
-                    "of diffopt: a checkpointed segment would give it no gradient. Pass it (or the tensor "
+                    f"{tuple(variable.shape)}, {variable.dtype}) and is neither a fast weight, a hyperparameter of "
+                    "diffopt nor a parameter of the original module: a checkpointed segment would give it no gradient. Pass it (or the tensor "
                     "step_fn computes from it) as unroll(..., inputs=[...])"
                 )
             continue

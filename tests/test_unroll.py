@@ -168,6 +168,33 @@ def test_undeclared_input_is_refused():
         _per_step_lr_unroll(3, declare=False)
 
 
+def _proximal_unroll(checkpoint, plain_steps=0, steps=7):
+    """iMAML's inner loss: a proximal term reads the initial weights (``model.parameters()``) at every step."""
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _data(steps + plain_steps)
+    w0 = list(model.parameters())
+
+    def inner_step(fmodel, diffopt, k):
+        prox = sum(((w - v) ** 2).sum() for w, v in zip(fmodel.fast_params, w0))
+        diffopt.step(F.mse_loss(fmodel(x[k]), y[k]) + 0.5 * prox)
+
+    with higher_core.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+        for k in range(plain_steps):
+            inner_step(fmodel, diffopt, k)
+        higher_core.unroll(lambda fm, do, k: inner_step(fm, do, k + plain_steps), fmodel, diffopt, steps=steps,
+                           checkpoint=checkpoint)
+        return list(torch.autograd.grad(fmodel(x[0]).pow(2).mean(), w0))
+
+
+def test_steps_that_read_the_initial_weights():
+    _close(_proximal_unroll(2), _proximal_unroll(None))
+
+
+def test_steps_after_plain_ones():
+    _close(_proximal_unroll(2, plain_steps=2), _proximal_unroll(None, plain_steps=2))
+
+
 def test_gradcheck_through_a_segment_boundary():
     x, y = _data(5)
 

@@ -325,6 +325,7 @@ README_PAGES = {
     "performance": ("making inner loops fast",),
     "several-processes": ("several processes", "distributed"),
     "implicit": ("implicit",),
+    "long-unrolls": ("long inner loops",),
     "tests": ("tests",),
     "test-matrix": ("test matrix",),
     "benchmarks": ("benchmarks",),
