@@ -109,7 +109,8 @@ class Segment:
             result: list[torch.Tensor | None] = [None] * len(inputs)
             if pairs and wrt:
                 got = torch.autograd.grad([p for p, _ in pairs], [differentiated[i] for i in wrt],
-                                          [g for _, g in pairs], allow_unused=True)
+                                          [g for _, g in pairs], allow_unused=True,
+                                          retain_graph=True)  # (an input's own history may be reached again)
                 for i, g in zip(wrt, got):
                     result[i] = g
         return result

@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
-from higher_core._replay import LoopState, _flatten
+from higher_core._replay import LoopState
 from higher_core._segment import Segment, SegmentFunction
+from higher_core._unroll_inputs import checked_inputs, refuse_undeclared, segment_inputs
 
 __all__ = ["offload", "segment_length", "unroll"]
 
@@ -101,19 +102,15 @@ def unroll(step_fn: StepFn, fmodel: Any, diffopt: Any, steps: int, *, checkpoint
         raise ValueError(f"unroll(steps=...): give the number of inner steps (an int >= 0), got {steps!r}")
     if getattr(diffopt, "_fmodel", None) is not fmodel:
         raise ValueError("unroll(): diffopt must step fmodel; build it with fmodel= (innerloop_ctx gives the pair)")
-    extras = _checked_inputs(inputs)
+    named = checked_inputs(inputs)
     segment = steps if checkpoint is None else segment_length(max(steps - 1, 1), checkpoint)
     if checkpoint is None or steps < 2 or not fmodel.track_higher_grads or not torch.is_grad_enabled():
         for k in range(steps):
             step_fn(fmodel, diffopt, k)
         return
-    before = LoopState.capture(fmodel, diffopt)
+    extras = segment_inputs(named, fmodel, diffopt, LoopState.capture(fmodel, diffopt))
     step_fn(fmodel, diffopt, 0)  # the first step as usual: the state's keys exist and say what is differentiable
-    # what the steps may read besides the state they start from: the original module's parameters and
-    # the weights the unroll started from (iMAML's proximal term reads the initial weights)
-    extras = _unique([*extras, *_hyperparameter_tensors(diffopt),
-                      *[t for t in [*fmodel.__dict__.get("_reference_params", ()), *before.tensors] if t.requires_grad]])
-    _refuse_undeclared(LoopState.capture(fmodel, diffopt).tensors, extras)
+    refuse_undeclared(step_fn, fmodel, diffopt, 1, extras)
     for start in range(1, steps, segment):
         state = LoopState.capture(fmodel, diffopt)
         run = Segment(step_fn, fmodel, diffopt, start, min(start + segment, steps), state)
@@ -150,58 +147,3 @@ def offload(pin_memory: bool | None = None) -> Any:
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return torch.autograd.graph.save_on_cpu(pin_memory=pin_memory)
-
-
-def _checked_inputs(inputs: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    if isinstance(inputs, torch.Tensor):
-        inputs = [inputs]
-    inputs = list(inputs)
-    for i, t in enumerate(inputs):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"unroll(inputs=...): give tensors, got {type(t).__name__} at position {i}")
-    return [t for t in inputs if t.requires_grad]
-
-
-def _hyperparameter_tensors(diffopt: Any) -> list[torch.Tensor]:
-    """The tensors among ``diffopt``'s hyperparameters (overrides, param groups) that require grad."""
-    found: list[tuple[tuple[Any, ...], Any]] = []
-    _flatten([getattr(diffopt, "_override", {}), diffopt.param_groups], (), found)
-    return [t for _, t in found if t.requires_grad]
-
-
-def _unique(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    seen: set[int] = set()
-    kept = []
-    for t in tensors:
-        if id(t) not in seen:
-            seen.add(id(t))
-            kept.append(t)
-    return kept
-
-
-def _refuse_undeclared(outputs: list[torch.Tensor], declared: list[torch.Tensor]) -> None:
-    """Raise if the graph of one inner step reaches a tensor that requires grad and is not ``declared``.
-
-    A checkpointed segment hands gradients only to its inputs: one that ``step_fn`` reads from
-    elsewhere would silently get none.
-    """
-    stops = {id(t.grad_fn) for t in declared if t.grad_fn is not None}
-    leaves = {id(t) for t in declared if t.grad_fn is None}
-    seen: dict[int, Any] = {}
-    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen or id(node) in stops:
-            continue
-        seen[id(node)] = node  # (kept: an id stays unique while the node lives)
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, torch.Tensor):  # an AccumulateGrad: a leaf that requires grad
-            if id(variable) not in leaves:
-                raise RuntimeError(
-                    f"unroll(checkpoint=...): step_fn reads a tensor that requires grad (shape "
-                    f"{tuple(variable.shape)}, {variable.dtype}) and is neither a fast weight, a hyperparameter of "
-                    "diffopt nor a parameter of the original module: a checkpointed segment would give it no gradient. Pass it (or the tensor "
-                    "step_fn computes from it) as unroll(..., inputs=[...])"
-                )
-            continue
-        stack.extend(n for n, _ in node.next_functions)

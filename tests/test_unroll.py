@@ -168,6 +168,41 @@ def test_undeclared_input_is_refused():
         _per_step_lr_unroll(3, declare=False)
 
 
+def _synthetic_data_unroll(checkpoint, declare, steps=7):
+    """Dataset distillation's shape: the steps train on data computed from a leaf that requires grad."""
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(3)
+    psi = torch.randn(8, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    x_syn = 2 * psi.tanh()
+    y_syn = torch.randn(8, 1, generator=g, dtype=torch.float64)
+
+    def inner_step(fmodel, diffopt, k):
+        diffopt.step(F.mse_loss(fmodel(x_syn), y_syn))
+
+    named = {"data": [x_syn], "leaf": [psi], "both": [x_syn, psi], "none": []}[declare]
+    with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt):
+        higher_core.unroll(inner_step, fmodel, diffopt, steps=steps, checkpoint=checkpoint, inputs=named)
+        return torch.autograd.grad(fmodel(x_syn[:2].detach()).pow(2).mean(), [psi])
+
+
+@pytest.mark.parametrize("declare", ["data", "leaf"])
+def test_synthetic_data(declare):
+    expected = _synthetic_data_unroll(None, "none")
+    assert expected[0].abs().max() > 0
+    _close(_synthetic_data_unroll(2, declare), expected)
+
+
+def test_a_tensor_and_its_ancestor_are_refused():
+    with pytest.raises(ValueError, match=r"shape \(8, 3\) is computed from another tensor .*counted twice"):
+        _synthetic_data_unroll(2, "both")
+
+
+def test_undeclared_synthetic_data_is_refused():
+    with pytest.raises(RuntimeError, match=r"reads a tensor that requires grad \(shape \(8, 3\)"):
+        _synthetic_data_unroll(2, "none")
+
+
 def _proximal_unroll(checkpoint, plain_steps=0, steps=7):
     """iMAML's inner loss: a proximal term reads the initial weights (``model.parameters()``) at every step."""
     model = _mlp()
