@@ -94,6 +94,30 @@ def _rnn_cudnn_restore(module: nn.Module, args: tuple[Any, ...], output: Any) ->
         torch.backends.cudnn.enabled = True
 
 
+def recorded(history: list[list[torch.Tensor]] | None, params: list[torch.Tensor],
+             tracking: bool) -> list[list[torch.Tensor]]:
+    """A fast-weight history with ``params`` appended: all steps while ``tracking``, else the latest only."""
+    if history is None or not tracking:
+        return [params]
+    history.append(params)
+    return history
+
+
+def weights_at(history: list[list[torch.Tensor]], time: int, tracking: bool) -> list[torch.Tensor]:
+    """The fast weights after step ``time`` of ``history`` (patched modules, batched or not)."""
+    try:
+        return history[time]
+    except IndexError:
+        raise ValueError(f"no fast weights for time={time}: {len(history)} set(s) are kept"
+                         + ("" if tracking else " (track_higher_grads=False keeps only the latest)")) from None
+
+
+def first_weights(history: list[list[torch.Tensor]], tracking: bool) -> list[torch.Tensor]:
+    if not tracking:
+        raise ValueError("init_fast_params is only kept while track_higher_grads is True")
+    return history[0]
+
+
 def _rebuild(cls: type[PatchedModule], *parts: Any) -> PatchedModule:
     """Unpickle a :class:`PatchedModule` (see ``PatchedModule.__reduce_ex__``)."""
     return cls._from_parts(*parts)
@@ -263,10 +287,7 @@ class PatchedModule(nn.Module):
         for tensor, slots in zip(params, self._slots):
             for attrs, _, name in slots:
                 attrs[name] = tensor
-        if self._fast_params is None or not self._track_higher_grads:
-            self.__dict__["_fast_params"] = [params]
-        else:
-            self._fast_params.append(params)
+        self.__dict__["_fast_params"] = recorded(self._fast_params, params, self._track_higher_grads)
 
     def _read_slots(self, index: int, latest: torch.Tensor) -> torch.Tensor:
         """The tensor the slots of fast weight ``index`` hold now (``latest`` unless one was assigned)."""
@@ -320,11 +341,7 @@ class PatchedModule(nn.Module):
     @property
     def init_fast_params(self) -> list[torch.Tensor] | None:
         """The first fast weights (the initial weights of the unroll)."""
-        if self._fast_params is None:
-            return None
-        if not self._track_higher_grads:
-            raise ValueError("init_fast_params is only kept while track_higher_grads is True")
-        return self._fast_params[0]
+        return None if self._fast_params is None else first_weights(self._fast_params, self._track_higher_grads)
 
     def parameters(self, recurse: bool = True, time: int | None = None) -> Iterator[torch.Tensor]:  # type: ignore[override]
         """The fast weights after step ``time`` (the latest when ``None``).
@@ -335,16 +352,7 @@ class PatchedModule(nn.Module):
         if self._fast_params is None:
             raise ValueError("this patched module has no fast weights yet")
         latest = self._sync()
-        if time is None:
-            return iter(latest)
-        try:
-            return iter(self._fast_params[time])
-        except IndexError:
-            kept = len(self._fast_params)
-            raise ValueError(
-                f"no fast weights for time={time}: {kept} set(s) are kept"
-                + ("" if self._track_higher_grads else " (track_higher_grads=False keeps only the latest)")
-            ) from None
+        return iter(latest if time is None else weights_at(self._fast_params, time, self._track_higher_grads))
 
     def named_parameters(self, prefix: str = "", recurse: bool = True,  # type: ignore[override]
                          remove_duplicate: bool = True) -> Iterator[tuple[str, torch.Tensor]]:

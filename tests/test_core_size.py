@@ -23,7 +23,7 @@ import pytest
 MAX_LINES = 2000
 MAX_FUNCTION_LINES = 60
 LAYERS = ("higher_core.batched", "higher_core.implicit", "higher_core.distributed", "higher_core.testing",
-          "higher_core._solvers")
+          "higher_core._solvers", "higher_core.unrolling")
 
 
 def _loaded_by(statement: str) -> dict[str, str]:

@@ -35,6 +35,7 @@ from higher_core._boundary import check_bool
 from higher_core.batched._errors import BatchingError
 from higher_core.compat import CONV_TYPES, pytree
 from higher_core._module_copy import named_tensors, shallow_tree_copy
+from higher_core.patch import first_weights, recorded, weights_at
 from higher_core.batched import _matmul
 
 __all__ = ["BatchedPatchedModule"]
@@ -275,10 +276,7 @@ class BatchedPatchedModule(nn.Module):
                     f"fast weight {i} ({self._param_names[i]!r}) must have shape {(self.tasks, *shape)} "
                     f"(tasks first), got {got}"
                 )
-        if self._fast_params is None or not self._track_higher_grads:
-            self.__dict__["_fast_params"] = [params]
-        else:
-            self._fast_params.append(params)
+        self.__dict__["_fast_params"] = recorded(self._fast_params, params, self._track_higher_grads)
 
     @property
     def fast_params(self) -> list[torch.Tensor]:
@@ -292,21 +290,12 @@ class BatchedPatchedModule(nn.Module):
     @property
     def init_fast_params(self) -> list[torch.Tensor]:
         """The first fast weights (the initial weights of the unroll)."""
-        if not self._track_higher_grads:
-            raise ValueError("init_fast_params is only kept while track_higher_grads is True")
-        return self._fast_params[0]
+        return first_weights(self._fast_params, self._track_higher_grads)
 
     def parameters(self, recurse: bool = True, time: int | None = None) -> Iterator[torch.Tensor]:  # type: ignore[override]
         """The fast weights after step ``time`` (the latest when ``None``), each ``[T, *param.shape]``."""
-        if time is None:
-            return iter(self.fast_params)
-        try:
-            return iter(self._fast_params[time])
-        except IndexError:
-            raise ValueError(
-                f"no fast weights for time={time}: {len(self._fast_params)} set(s) are kept"
-                + ("" if self._track_higher_grads else " (track_higher_grads=False keeps only the latest)")
-            ) from None
+        return iter(self.fast_params if time is None else weights_at(self._fast_params, time,
+                                                                     self._track_higher_grads))
 
     def named_parameters(self, prefix: str = "", recurse: bool = True,  # type: ignore[override]
                          remove_duplicate: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
