@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEPRECATED_HELPERS", "NEW_HOOKS", "GroupedState", "legacy_update_groups"]
 
-NEW_HOOKS = "update_one(group, param, grad, state) (or update(group, params, grads, states))"
+NEW_HOOKS = "update_one(group, param, grad, state) -> (param, state)"
 
 _PARAM_STATE_HINT = (
     "diffopt.state is the old higher layout, a list with one mapping per param group "

@@ -48,7 +48,6 @@ deprecated (see :mod:`higher_core._higher_compat`).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -143,32 +142,9 @@ class DifferentiableOptimizer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "complex_as_real" in cls.__dict__:
-            warnings.warn(
-                f"{cls.__qualname__}.complex_as_real is deprecated; set "
-                "complex_parameters = 'real_view' (or 'refuse') instead",
-                DeprecationWarning, stacklevel=2,
-            )
-            if "complex_parameters" not in cls.__dict__:
-                cls.complex_parameters = "real_view" if cls.__dict__["complex_as_real"] else "refuse"
-        if "_update_complex" in cls.__dict__:
-            warnings.warn(
-                f"{cls.__qualname__} defines _update_complex, which the base class no longer calls: "
-                f"complex parameters are stepped as complex_parameters declares "
-                f"({cls.complex_parameters!r}); remove _update_complex and declare complex_parameters = "
-                "'native' (the rule takes complex tensors as they are) or 'real_view'",
-                DeprecationWarning, stacklevel=2,
-            )
-        own = cls.__mro__[:cls.__mro__.index(DifferentiableOptimizer)]
-        cls._legacy_update = any("_update" in k.__dict__ for k in own) and not any(
-            hook in k.__dict__ for k in own for hook in ("update_one", "update", "update_groups", "step"))
-        if cls._legacy_update and "_update" in cls.__dict__:
-            from higher_core import _higher_compat  # the old-higher adapter
+        from higher_core._subclass_checks import check_subclass  # loaded with the first plugin class
 
-            warnings.warn(
-                f"{cls.__qualname__} overrides higher's _update(grouped_grads), which is deprecated; "
-                f"implement {_higher_compat.NEW_HOOKS} instead", DeprecationWarning, stacklevel=2,
-            )
+        check_subclass(cls, DifferentiableOptimizer)
 
     def __init__(
         self,
@@ -332,10 +308,13 @@ class DifferentiableOptimizer:
         grads: list[torch.Tensor],
         states: list[State],
     ) -> tuple[list[torch.Tensor], list[State]]:
-        """One step for one param group, out of place.
+        """One step for one param group, out of place: :meth:`update_one` on each tensor, or its vectorised form.
 
-        The default applies :meth:`update_one` to each parameter in turn; a
-        multi-tensor (``torch._foreach_*``) rule overrides this method instead.
+        The default applies :meth:`update_one` to each parameter in turn. A rule
+        may override this method with a multi-tensor (``torch._foreach_*``) form of
+        the same rule, *beside* :meth:`update_one`, which stays the reference: the
+        conformance kit's ``vectorised`` check compares the two. Overriding it
+        without :meth:`update_one` is deprecated.
 
         Args:
             group: the group's hyperparameters, overrides applied (values may be
@@ -349,8 +328,11 @@ class DifferentiableOptimizer:
 
         Example:
             >>> class PlainSGD(DifferentiableOptimizer):
-            ...     def update(self, group, params, grads, states):
-            ...         return [p - group["lr"] * g for p, g in zip(params, grads)], states
+            ...     scope = "element"
+            ...     def update_one(self, group, param, grad, state):
+            ...         return param - group["lr"] * grad, state
+            ...     def update(self, group, params, grads, states):  # the same rule, one kernel per group
+            ...         return torch._foreach_sub(params, torch._foreach_mul(grads, group["lr"])), states
         """
         new_params, new_states = [], []
         for param, grad, state in zip(params, grads, states):
@@ -370,7 +352,7 @@ class DifferentiableOptimizer:
             ...     def update_one(self, group, param, grad, state):
             ...         return param - group["lr"] * grad, state
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement update() or update_one()")
+        raise NotImplementedError(f"{type(self).__name__} must implement update_one() (or update_groups())")
 
     def update_groups(
         self, groups: list[dict[str, Any]], params: list[torch.Tensor], grads: list[torch.Tensor | None]

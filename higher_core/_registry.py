@@ -51,8 +51,8 @@ def register_optim(
         >>> import torch, higher_core
         >>> class MySGD(torch.optim.SGD): ...
         >>> class DifferentiableMySGD(higher_core.optim.DifferentiableOptimizer):
-        ...     def update(self, group, params, grads, states):
-        ...         return [p - group["lr"] * g for p, g in zip(params, grads)], states
+        ...     def update_one(self, group, param, grad, state):
+        ...         return param - group["lr"] * grad, state
         >>> higher_core.register_optim(MySGD, DifferentiableMySGD)
     """
     if not (isinstance(optim_type, type) and issubclass(optim_type, torch.optim.Optimizer)):

@@ -140,7 +140,7 @@ def offload(pin_memory: bool | None = None) -> Any:
         >>> with higher_core.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
         ...     with higher_core.offload():
         ...         for _ in range(3):
-        ...             diffopt.step(fmodel(torch.ones(4, 3)).pow(2).mean())
+        ...             _ = diffopt.step(fmodel(torch.ones(4, 3)).pow(2).mean())
         ...         meta = fmodel(torch.ones(4, 3)).sum()
         ...     meta.backward()
     """

@@ -308,22 +308,23 @@ def test_batched_tasks_lay_out_task_by_element_buffers():
             assert torch.equal(state[i][key], value) if isinstance(value, torch.Tensor) else state[i][key] == value
 
 
-class ListRule(DifferentiableOptimizer):
-    """A third-party element-wise rule written as ``update`` (lists) only: SGD."""
+# A rule written as ``update`` only is deprecated (it has no ``update_one`` to be checked against) and still runs.
+with pytest.warns(DeprecationWarning, match=r"implements update\(\) without update_one\(\)"):
+    class ListRule(DifferentiableOptimizer):
+        """A third-party element-wise rule written as ``update`` (lists) only: SGD."""
 
-    scope = "element"
+        scope = "element"
 
-    def update(self, group, params, grads, states):
-        return [p - group["lr"] * g for p, g in zip(params, grads)], states
+        def update(self, group, params, grads, states):
+            return [p - group["lr"] * g for p, g in zip(params, grads)], states
 
+    class WrongCount(DifferentiableOptimizer):
+        """Breaks the contract: declares element scope, returns nothing for the parameters it is given."""
 
-class WrongCount(DifferentiableOptimizer):
-    """Breaks the contract: declares element scope, returns nothing for the parameters it is given."""
+        scope = "element"
 
-    scope = "element"
-
-    def update(self, group, params, grads, states):
-        return [], []
+        def update(self, group, params, grads, states):
+            return [], []
 
 
 def test_a_rule_written_as_update_runs_flat_and_a_broken_one_is_named():

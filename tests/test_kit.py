@@ -18,6 +18,7 @@ import torch
 from torch.autograd.gradcheck import GradcheckError
 
 import higher_core
+from higher_core.functional import foreach_mul
 from higher_core.optim import DifferentiableOptimizer
 from higher_core.testing import (
     ErrorOptimizerInput,
@@ -331,12 +332,43 @@ class OwnStep(ToyRule):
 def test_batched_tasks_are_a_kit_check_of_every_row():
     assert "batched" in higher_core.testing.CHECKS and "check_batched" in higher_core.testing.__all__
     with plugged(ToyRule):
-        # every check but group_statistics, flat_weights (scope "global") and the flags applies: batched too
-        assert run_conformance(INFO) == {"rows": 1, "checks": len(higher_core.testing.CHECKS) + 2 - 3,
-                                         "not_applicable": 3}
+        # every check but group_statistics, flat_weights (scope "global"), vectorised (update_one alone) and
+        # the flags applies: batched too
+        assert run_conformance(INFO) == {"rows": 1, "checks": len(higher_core.testing.CHECKS) + 2 - 4,
+                                         "not_applicable": 4}
         run_check(INFO, "batched", ROW)  # four tasks at once equal four inner loops, shared and per-task lr
     with plugged(OwnStep), pytest.raises(NotApplicable, match=r"Toy\[momentum\]: batched does not apply: .*"
                                                                r"has its own step .* cannot be batched"):
         run_check(INFO, "batched", ROW)
     with plugged(ToyRule), pytest.raises(NotApplicable, match="batched does not apply: no tasks here"):
         run_check(replace(INFO, skips={"batched": "no tasks here"}), "batched", ROW)
+
+
+class VectorisedToy(ToyRule):
+    """ToyRule with a multi-tensor ``update`` beside its ``update_one``: the same rule."""
+
+    def update(self, group, params, grads, states):
+        bufs = torch._foreach_add(foreach_mul([s["momentum_buffer"] for s in states], group["momentum"]), grads)
+        pos = [torch.relu(b) for b in bufs]
+        directions = torch._foreach_add(bufs, [q / (q + group["eps"]) for q in pos])
+        return torch._foreach_sub(params, foreach_mul(directions, group["lr"])), [
+            {**s, "momentum_buffer": b} for s, b in zip(states, bufs)]
+
+
+class VectorisedWrongly(ToyRule):
+    """A multi-tensor ``update`` one part in 1e9 away from its ``update_one``."""
+
+    def update(self, group, params, grads, states):
+        new, states = super().update(group, params, grads, states)
+        return [p * (1 + 1e-9) for p in new], states
+
+
+def test_the_vectorised_form_is_checked_against_update_one():
+    assert "vectorised" in higher_core.testing.CHECKS and "check_vectorised" in higher_core.testing.__all__
+    with plugged(VectorisedToy):
+        run_check(INFO, "vectorised", ROW)
+    with plugged(VectorisedWrongly), pytest.raises(AssertionError,
+                                                   match=r"vectorised: fast weight 0 \(update against update_one\)"):
+        run_check(INFO, "vectorised", ROW)
+    with plugged(ToyRule), pytest.raises(NotApplicable, match="written as update_one alone"):
+        run_check(INFO, "vectorised", ROW)

@@ -62,8 +62,8 @@ GOOD_PLUGIN = """
     import test_plugins_support as support
 
     class DifferentiableCustom(DifferentiableOptimizer):
-        def update(self, group, params, grads, states):
-            return [p - group["lr"] * g for p, g in zip(params, grads)], states
+        def update_one(self, group, param, grad, state):
+            return param - group["lr"] * grad, state
 
     @hookimpl
     def higher_core_optimizers():
@@ -147,8 +147,8 @@ def test_explicit_register_optim_wins_over_plugins(host, tmp_path, monkeypatch, 
     monkeypatch.syspath_prepend(str(tmp_path))
 
     class Mine(higher_core.optim.DifferentiableOptimizer):
-        def update(self, group, params, grads, states):
-            return params, states
+        def update_one(self, group, param, grad, state):
+            return param, state
 
     higher_core.register_optim(CustomOpt, Mine)
     try:
@@ -165,8 +165,8 @@ def test_explicit_register_optim_wins_over_plugins(host, tmp_path, monkeypatch, 
 
 def test_runtime_plugin_is_seen_by_the_next_lookup(host):
     class Plain(higher_core.optim.DifferentiableOptimizer):
-        def update(self, group, params, grads, states):
-            return params, states
+        def update_one(self, group, param, grad, state):
+            return param, state
 
     class Runtime:
         @higher_core.hookimpl
@@ -270,8 +270,8 @@ HEADER = """
     import test_plugins_support as support
 
     class DifferentiableCustom(DifferentiableOptimizer):
-        def update(self, group, params, grads, states):
-            return [p - group["lr"] * g for p, g in zip(params, grads)], states
+        def update_one(self, group, param, grad, state):
+            return param - group["lr"] * grad, state
 """
 
 
@@ -532,8 +532,8 @@ def test_runtime_plugin_with_a_bad_table_is_refused_whole(host):
 
 def test_register_optim_is_a_tryfirst_plugin_in_the_same_table(host):
     class Mine(higher_core.optim.DifferentiableOptimizer):
-        def update(self, group, params, grads, states):
-            return params, states
+        def update_one(self, group, param, grad, state):
+            return param, state
 
     higher_core.register_optim(torch.optim.SGD, Mine)
     try:

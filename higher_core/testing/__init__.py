@@ -21,6 +21,9 @@ against the reference class:
   without changing numbers, running statistics per group match the reference's;
 * ``flat_weights``: an element-wise rule stepped on flat buffers equals it
   stepped tensor by tensor, bit for bit (weights, state, meta-gradients);
+* ``vectorised``: a rule's ``update`` (its multi-tensor form) equals its
+  ``update_one`` applied tensor by tensor (weights, state, meta-gradients to
+  ``rtol=1e-12``);
 * ``batched``: ``tasks=4`` tasks stepped at once equal four separate inner
   loops (fast weights, state, meta-gradients w.r.t. the weights and a learned
   ``lr``, shared and one per task); not applicable to a rule that refuses
@@ -65,6 +68,7 @@ from higher_core.testing._checks import (
 )
 from higher_core.testing._batched_check import check_batched
 from higher_core.testing._flat_check import check_flat_weights
+from higher_core.testing._vectorised_check import check_vectorised
 from higher_core.testing._problem import NotApplicable, Problem
 from higher_core.testing._runner import (
     CHECK_FUNCTIONS,
@@ -117,6 +121,7 @@ __all__ = [
     "check_parity",
     "check_registered",
     "check_truncate",
+    "check_vectorised",
     "common_error_inputs",
     "multi_element_lr_refusal",
     "conformance_cases",

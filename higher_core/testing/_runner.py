@@ -14,6 +14,7 @@ from typing import Any
 from higher_core.testing import _checks, _state_checks
 from higher_core.testing._batched_check import check_batched
 from higher_core.testing._flat_check import check_flat_weights
+from higher_core.testing._vectorised_check import check_vectorised
 from higher_core.testing._problem import NotApplicable
 from higher_core.testing._table import CHECKS, ErrorOptimizerInput, OptimizerInfo, OptimizerInput
 from higher_core.testing._table_checks import check_error_input, check_implementation_flags, check_registered
@@ -35,6 +36,7 @@ CHECK_FUNCTIONS: dict[str, Callable[[OptimizerInfo, OptimizerInput], Any]] = {
     "truncate": _state_checks.check_truncate,
     "group_statistics": _state_checks.check_group_statistics,
     "flat_weights": check_flat_weights,
+    "vectorised": check_vectorised,
     "batched": check_batched,
 }
 """Row checks by name: each takes a table and one of its rows."""

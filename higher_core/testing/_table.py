@@ -44,6 +44,7 @@ CHECKS = (
     "truncate",
     "group_statistics",
     "flat_weights",
+    "vectorised",
     "batched",
 )
 """The checks run for every :class:`OptimizerInput` row."""
