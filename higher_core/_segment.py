@@ -18,11 +18,14 @@ first-order meta-gradients (no ``create_graph`` through it).
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from higher_core.compat import backward_keeps_graph
 from higher_core._replay import LoopState, RNGState, buffers_of, cuda_devices, restored_afterwards, set_buffers
 
 __all__ = ["Segment", "SegmentFunction"]
@@ -35,7 +38,8 @@ class Segment:
 
     def __init__(self, step_fn: StepFn, fmodel: Any, diffopt: Any, start: int, stop: int,
                  state: LoopState) -> None:
-        self.step_fn, self.fmodel, self.diffopt = step_fn, fmodel, diffopt
+        self._held: tuple[StepFn, Any, Any] | None = (step_fn, fmodel, diffopt)
+        self._weak = [_weak(step_fn), _weak(fmodel), _weak(diffopt)]
         self.start, self.stop = start, stop
         self.state_in = state
         self.num_state = len(state.tensors)
@@ -50,6 +54,40 @@ class Segment:
         self.state_in.tensors = []
         if self.state_out is not None:
             self.state_out.tensors = []
+
+    def let_go(self) -> None:
+        """After the last backward through this node: hold ``step_fn``, ``fmodel`` and ``diffopt`` weakly.
+
+        The fast weights ``fmodel`` holds are this node's outputs: a strong reference back is a
+        cycle through autograd's graph, which Python's garbage collector cannot see, so it is
+        broken here, by the backward that frees the graph (not one with ``retain_graph=True``).
+        A graph dropped without any backward stays in that cycle: evaluate under
+        ``torch.no_grad()`` (the plain loop runs) or unroll without ``checkpoint=``.
+        """
+        self._held = None
+
+    def _objects(self) -> tuple[StepFn, Any, Any]:
+        if self._held is not None:
+            return self._held
+        objects = tuple(ref() for ref in self._weak)
+        if any(o is None for o in objects):
+            raise RuntimeError(
+                "unroll(checkpoint=...): a second backward through a checkpointed segment needs step_fn, fmodel "
+                "and diffopt, which are gone; keep references to them until the last backward"
+            )
+        return objects  # type: ignore[return-value]
+
+    @property
+    def step_fn(self) -> StepFn:
+        return self._objects()[0]
+
+    @property
+    def fmodel(self) -> Any:
+        return self._objects()[1]
+
+    @property
+    def diffopt(self) -> Any:
+        return self._objects()[2]
 
     def _steps(self) -> None:
         for k in range(self.start, self.stop):
@@ -149,6 +187,14 @@ def _name(path: tuple[Any, ...]) -> str:
     return f"{kind}[{']['.join(map(repr, rest))}]" + (f" (task rule {rule})" if rule else "")
 
 
+def _weak(obj: Any) -> Callable[[], Any]:
+    """A weak reference to ``obj`` (a bound method's too), or a strong one where none can be made."""
+    try:
+        return weakref.WeakMethod(obj) if inspect.ismethod(obj) else weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
 class SegmentFunction(torch.autograd.Function):
     """The autograd node of one :class:`Segment`: inputs are the state then the extras, outputs the new state."""
 
@@ -165,4 +211,8 @@ class SegmentFunction(torch.autograd.Function):
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         saved = ctx.saved_tensors
         n = len(saved) - len(grads)
-        return (None, *ctx.segment.run_backward(saved[:n], saved[n:], grads))
+        try:
+            return (None, *ctx.segment.run_backward(saved[:n], saved[n:], grads))
+        finally:
+            if backward_keeps_graph() is not True:  # (unknown, torch 2.4: let go; a second backward then
+                ctx.segment.let_go()                 # needs the caller to hold step_fn, fmodel and diffopt)

@@ -39,6 +39,7 @@ __all__ = [
     "CONV_TYPES",
     "GLOBAL_MODULE_HOOKS",
     "accepts_option",
+    "backward_keeps_graph",
     "ddp_forward_halves",
     "dual_level_open",
     "math_attention",
@@ -148,6 +149,17 @@ flatten_dense_tensors: Callable[[Sequence[torch.Tensor]], torch.Tensor] = _priva
 #: (the slower ``autograd.Function`` form, which is always correct)
 functorch_transforms_active: Callable[[], bool] = getattr(
     torch._C, "_are_functorch_transforms_active", lambda: True)
+
+
+def backward_keeps_graph() -> bool | None:
+    """Whether the backward running now keeps its graph (``retain_graph``); ``None`` where torch does not say (2.4).
+
+    Example:
+        >>> backward_keeps_graph() in (True, False, None)
+        True
+    """
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)  # private, torch >= 2.5
+    return None if probe is None else bool(probe())
 
 
 def dual_level_open() -> bool:

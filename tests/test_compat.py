@@ -205,3 +205,23 @@ def test_conv_types_cover_every_convolution():
     for conv in (nn.Conv1d(1, 1, 1), nn.Conv2d(1, 1, 1), nn.Conv3d(1, 1, 1), nn.ConvTranspose2d(1, 1, 1)):
         assert isinstance(conv, compat.CONV_TYPES)
     assert not isinstance(nn.Linear(1, 1), compat.CONV_TYPES)
+
+
+def test_backward_keeps_graph_says_what_the_running_backward_does():
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return 2 * x
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(compat.backward_keeps_graph())
+            return 2 * grad
+
+    x = torch.ones(2, requires_grad=True)
+    y = Probe.apply(x).sum()
+    torch.autograd.grad(y, [x], retain_graph=True)
+    torch.autograd.grad(y, [x])
+    assert seen == ([True, False] if compat.torch_at_least(2, 5) else [None, None])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import higher_core
+from higher_core import compat
 
 RTOL = 1e-10
 
@@ -244,7 +247,10 @@ def test_gradcheck_through_a_segment_boundary():
             do.step(F.mse_loss(fm(x[k]), y[k]))
 
         higher_core.unroll(inner_step, fmodel, diffopt, steps=5, checkpoint=2)
+        kept.append((inner_step, fmodel, diffopt))  # gradcheck differentiates each output more than once
         return fmodel(x[0]).pow(2).mean()
+
+    kept = []
 
     w0 = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
     lr = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
@@ -371,3 +377,51 @@ def test_checkpointed_on_the_gpu():
     expected, _, _ = _meta_gradients(OPTIMIZERS["Adam"], None, model=model)
     got, _, _ = _meta_gradients(OPTIMIZERS["Adam"], 3, model=model)
     _close(got, expected, rtol=1e-9)
+
+
+def _checkpointed_loss(steps=6):
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = _data(steps)
+
+    def inner_step(fmodel, diffopt, k):
+        diffopt.step(F.mse_loss(fmodel(x[k]), y[k]))
+
+    with higher_core.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+        higher_core.unroll(inner_step, fmodel, diffopt, steps=steps, checkpoint=2)
+        return model, fmodel(x[0]).pow(2).mean(), (inner_step, fmodel, diffopt)
+
+
+def test_the_unroll_is_freed_after_its_backward():
+    model, loss, objects = _checkpointed_loss()  # the patched module is alive only through the graph
+    fmodel = weakref.ref(objects[1])
+    del objects
+    gc.collect()
+    assert fmodel() is not None
+    torch.autograd.grad(loss, list(model.parameters()))
+    del loss
+    gc.collect()
+    assert fmodel() is None
+
+
+def test_a_second_backward_while_the_objects_live():
+    model, loss, objects = _checkpointed_loss()
+    first = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    second = torch.autograd.grad(loss, list(model.parameters()))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    del objects
+
+
+def test_a_second_backward_once_the_caller_let_go():
+    model, loss, objects = _checkpointed_loss()
+    del objects
+    first = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    gc.collect()
+    if compat.torch_at_least(2, 5):  # the first backward said it keeps the graph: the segments keep what they need
+        second = torch.autograd.grad(loss, list(model.parameters()))
+        for a, b in zip(first, second):
+            assert torch.equal(a, b)
+    else:  # torch 2.4 does not say, so the segments let go after every backward
+        with pytest.raises(RuntimeError, match="second backward through a checkpointed segment needs step_fn"):
+            torch.autograd.grad(loss, list(model.parameters()))
