@@ -123,7 +123,8 @@ class SavedBytes:
             self.now += storage.nbytes()
             self.peak = max(self.peak, self.now)
         self._refs[key] = self._refs.get(key, 0) + 1
-        return _Held(self, key, storage.nbytes(), tensor)
+        return _Held(self, key, storage.nbytes(), tensor.detach())  # (the tensor itself, with its grad_fn, would
+        # make a cycle with the node that saves it, which the garbage collector cannot see)
 
     def release(self, key: int, nbytes: int) -> None:
         self._refs[key] -= 1

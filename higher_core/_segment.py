@@ -37,12 +37,13 @@ class Segment:
     """Steps ``start .. stop-1`` of an unroll: what its forward and backward share."""
 
     def __init__(self, step_fn: StepFn, fmodel: Any, diffopt: Any, start: int, stop: int,
-                 state: LoopState) -> None:
+                 state: LoopState, keep_graph: bool = False) -> None:
         self._held: tuple[StepFn, Any, Any] | None = (step_fn, fmodel, diffopt)
         self._weak = [_weak(step_fn), _weak(fmodel), _weak(diffopt)]
         self.start, self.stop = start, stop
         self.state_in = state
         self.num_state = len(state.tensors)
+        self.keep_graph = keep_graph  # the steps read a graph made before them: each backward goes through it
         self.buffers_in = [b.clone() for b in buffers_of(fmodel)]
         self.rng_in = RNGState(cuda_devices(state.tensors))
         self.state_out: LoopState | None = None
@@ -148,7 +149,7 @@ class Segment:
             if pairs and wrt:
                 got = torch.autograd.grad([p for p, _ in pairs], [differentiated[i] for i in wrt],
                                           [g for _, g in pairs], allow_unused=True,
-                                          retain_graph=True)  # (an input's own history may be reached again)
+                                          retain_graph=self.keep_graph)
                 for i, g in zip(wrt, got):
                     result[i] = g
         return result

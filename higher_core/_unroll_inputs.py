@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from higher_core._replay import LoopState, _flatten, restored_afterwards
+from higher_core.compat import node_sequence_number
 
 __all__ = ["checked_inputs", "refuse_undeclared", "segment_inputs"]
 
@@ -47,10 +48,10 @@ def segment_inputs(named: list[torch.Tensor], fmodel: Any, diffopt: Any, state: 
     return extras
 
 
-def _undeclared(roots: list[Any], stops: dict[int, Any]) -> Iterable[Any]:
-    """Walk the graph back from the nodes ``roots``; yield each node in ``stops`` (by ``id``; the dict
-    keeps the nodes alive, so that their Python objects, and ids, stay the same) and each leaf (an
-    AccumulateGrad) reached, and do not go past them."""
+def _walk(roots: list[Any], stops: dict[int, Any]) -> Iterable[Any]:
+    """Walk the graph back from the nodes ``roots``, yielding each node once; do not go past the nodes in
+    ``stops`` (by ``id``: the dict keeps the nodes alive, so their Python objects and ids stay the same)
+    or past a leaf (an AccumulateGrad, which has a ``variable``)."""
     seen: dict[int, Any] = {}
     stack = list(roots)
     while stack:
@@ -58,11 +59,9 @@ def _undeclared(roots: list[Any], stops: dict[int, Any]) -> Iterable[Any]:
         if node is None or id(node) in seen:
             continue
         seen[id(node)] = node  # (kept alive: an id stays unique while its node lives)
-        variable = getattr(node, "variable", None)
-        if id(node) in stops or isinstance(variable, torch.Tensor):
-            yield node
-            continue
-        stack.extend(n for n, _ in node.next_functions)
+        yield node
+        if id(node) not in stops and not isinstance(getattr(node, "variable", None), torch.Tensor):
+            stack.extend(n for n, _ in node.next_functions)
 
 
 def _refuse_counted_twice(extras: list[torch.Tensor]) -> None:
@@ -73,7 +72,7 @@ def _refuse_counted_twice(extras: list[torch.Tensor]) -> None:
         pairs = [(o.grad_fn, o) for o in extras if o.grad_fn is not None and o is not t]
         stops = {id(node): node for node, _ in pairs}
         by_node = {id(node): o for node, o in pairs}
-        for node in _undeclared([t.grad_fn], stops):
+        for node in _walk([t.grad_fn], stops):
             variable = getattr(node, "variable", None)
             ancestor = by_node.get(id(node)) if id(node) in stops else leaves.get(id(variable))
             if ancestor is not None:
@@ -86,24 +85,37 @@ def _refuse_counted_twice(extras: list[torch.Tensor]) -> None:
 
 
 def refuse_undeclared(step_fn: Callable[[Any, Any, int], Any], fmodel: Any, diffopt: Any, k: int,
-                      extras: list[torch.Tensor]) -> None:
+                      extras: list[torch.Tensor]) -> bool:
     """Take step ``k`` once as a segment's backward will (from detached copies of the state, with a
     graph), then put everything back; raise if its graph reaches a tensor that requires grad and is
-    neither the state nor one of ``extras``."""
+    neither the state nor one of ``extras``.
+
+    Returns:
+        Whether the step's graph runs into one made before it (a tensor ``step_fn`` reads that was
+        computed from one of ``extras``): every segment's backward then goes through that graph,
+        which must be kept (``retain_graph``).
+    """
     with torch.enable_grad(), restored_afterwards(fmodel, diffopt):
         state = LoopState.capture(fmodel, diffopt)
         leaves = [t.detach().requires_grad_(t.requires_grad) for t in state.tensors]
         state.load(fmodel, diffopt, leaves)
+        boundary = node_sequence_number(torch.ones((), requires_grad=True).mul(1).grad_fn)  # made before the step
         step_fn(fmodel, diffopt, k)
         reached = [t.grad_fn for t in LoopState.capture(fmodel, diffopt).tensors]
         declared = {id(t) for t in [*leaves, *extras] if t.grad_fn is None}
         stops = {id(node): node for node in [t.grad_fn for t in extras if t.grad_fn is not None]}
-        for node in _undeclared(reached, stops):
+        older = False
+        for node in _walk(reached, stops):
             variable = getattr(node, "variable", None)
-            if isinstance(variable, torch.Tensor) and id(variable) not in declared:
-                raise RuntimeError(
-                    f"unroll(checkpoint=...): step_fn reads a tensor that requires grad (shape "
-                    f"{tuple(variable.shape)}, {variable.dtype}) and is neither a fast weight, a hyperparameter of "
-                    "diffopt nor a parameter of the original module: a checkpointed segment would give it no "
-                    "gradient. Pass it (or the tensor step_fn computes from it) as unroll(..., inputs=[...])"
-                )
+            if isinstance(variable, torch.Tensor):
+                if id(variable) not in declared:
+                    raise RuntimeError(
+                        f"unroll(checkpoint=...): step_fn reads a tensor that requires grad (shape "
+                        f"{tuple(variable.shape)}, {variable.dtype}) and is neither a fast weight, a hyperparameter "
+                        "of diffopt nor a parameter of the original module: a checkpointed segment would give it "
+                        "no gradient. Pass it (or the tensor step_fn computes from it) as unroll(..., inputs=[...])"
+                    )
+            elif id(node) not in stops:
+                number = node_sequence_number(node)
+                older = older or boundary is None or number is None or number < boundary
+        return older

@@ -40,6 +40,7 @@ __all__ = [
     "GLOBAL_MODULE_HOOKS",
     "accepts_option",
     "backward_keeps_graph",
+    "node_sequence_number",
     "ddp_forward_halves",
     "dual_level_open",
     "math_attention",
@@ -160,6 +161,12 @@ def backward_keeps_graph() -> bool | None:
     """
     probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)  # private, torch >= 2.5
     return None if probe is None else bool(probe())
+
+
+def node_sequence_number(node: Any) -> int | None:
+    """When autograd made ``node`` (later nodes: larger numbers); ``None`` where torch does not say."""
+    probe = getattr(node, "_sequence_nr", None)  # private
+    return None if probe is None else int(probe())
 
 
 def dual_level_open() -> bool:

@@ -110,10 +110,10 @@ def unroll(step_fn: StepFn, fmodel: Any, diffopt: Any, steps: int, *, checkpoint
         return
     extras = segment_inputs(named, fmodel, diffopt, LoopState.capture(fmodel, diffopt))
     step_fn(fmodel, diffopt, 0)  # the first step as usual: the state's keys exist and say what is differentiable
-    refuse_undeclared(step_fn, fmodel, diffopt, 1, extras)
+    shares_a_graph = refuse_undeclared(step_fn, fmodel, diffopt, 1, extras)
     for start in range(1, steps, segment):
         state = LoopState.capture(fmodel, diffopt)
-        run = Segment(step_fn, fmodel, diffopt, start, min(start + segment, steps), state)
+        run = Segment(step_fn, fmodel, diffopt, start, min(start + segment, steps), state, shares_a_graph)
         outputs = SegmentFunction.apply(run, *state.tensors, *extras)
         assert run.state_out is not None
         run.state_out.load(fmodel, diffopt, list(outputs))

@@ -225,3 +225,10 @@ def test_backward_keeps_graph_says_what_the_running_backward_does():
     torch.autograd.grad(y, [x], retain_graph=True)
     torch.autograd.grad(y, [x])
     assert seen == ([True, False] if compat.torch_at_least(2, 5) else [None, None])
+
+
+def test_node_sequence_number_orders_nodes_by_creation():
+    a = torch.ones(2, requires_grad=True)
+    first, second = a * 2, a.exp()
+    assert compat.node_sequence_number(first.grad_fn) < compat.node_sequence_number(second.grad_fn)
+    assert compat.node_sequence_number(object()) is None  # a torch without it: the caller assumes the worst

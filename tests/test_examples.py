@@ -97,12 +97,9 @@ def test_dataset_distillation_quick():
     assert 0 < random_real < 1, lines
 
 
-_DISTILLATION_CHECK = """
-import sys, torch
-sys.path.insert(0, "examples")
-import dataset_distillation as dd
+def _distillation_meta_gradients(checkpoint, steps=12):
+    import dataset_distillation as dd
 
-def meta_gradients(checkpoint, steps=12):
     g = torch.Generator().manual_seed(0)
     problem = dd.make_problem(classes=3, modes=2, dim=2, n_train=64, n_test=8, g=g)
     x_syn = torch.randn(6, 2, generator=g, dtype=torch.float64, requires_grad=True)
@@ -117,24 +114,15 @@ def meta_gradients(checkpoint, steps=12):
     assert meter.now == 0, meter.now  # every saved tensor was let go
     return grads, meter.peak
 
-expected, plain_peak = meta_gradients(None)
-assert all(g.abs().max() > 0 for g in expected)
-for checkpoint in (1, 4, "sqrt"):
-    got, peak = meta_gradients(checkpoint)
+
+@pytest.mark.parametrize("checkpoint", [1, 4, "sqrt"])
+def test_dataset_distillation_checkpointed_meta_gradient(checkpoint):
+    expected, plain_peak = _distillation_meta_gradients(None)
+    assert all(g.abs().max() > 0 for g in expected)
+    got, peak = _distillation_meta_gradients(checkpoint)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * b.abs().max().item())
     assert peak < plain_peak, (checkpoint, peak, plain_peak)
-    print(checkpoint, peak, plain_peak)
-"""
-
-
-def test_dataset_distillation_checkpointed_meta_gradient():
-    # in a fresh process: a checkpointed unroll keeps its patched module alive after the backward
-    # (see the report on issue 27), which would trip tests/test_memory.py in the same worker
-    done = subprocess.run([sys.executable, "-W", "error", "-c", _DISTILLATION_CHECK], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr
-    assert len(done.stdout.splitlines()) == 3, done.stdout
 
 
 def test_saved_bytes_counts_distinct_storages_until_released():

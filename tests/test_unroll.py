@@ -196,6 +196,23 @@ def test_synthetic_data(declare):
     _close(_synthetic_data_unroll(2, declare), expected)
 
 
+def test_only_steps_that_read_an_older_graph_keep_it_in_each_backward():
+    from higher_core._replay import LoopState
+    from higher_core._unroll_inputs import refuse_undeclared, segment_inputs
+
+    model = _mlp()
+    psi = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    x_syn = 2 * psi.tanh()
+    with higher_core.innerloop_ctx(model, torch.optim.SGD(model.parameters(), lr=0.1)) as (fmodel, diffopt):
+        def reads(x):
+            return lambda fm, do, k: do.step(fm(x).pow(2).mean())
+
+        for x, named, older in [(psi.detach(), [], False), (psi, [psi], False), (x_syn, [x_syn], False),
+                                (x_syn, [psi], True)]:
+            extras = segment_inputs(named, fmodel, diffopt, LoopState.capture(fmodel, diffopt))
+            assert refuse_undeclared(reads(x), fmodel, diffopt, 0, extras) is older
+
+
 def test_a_tensor_and_its_ancestor_are_refused():
     with pytest.raises(ValueError, match=r"shape \(8, 3\) is computed from another tensor .*counted twice"):
         _synthetic_data_unroll(2, "both")
