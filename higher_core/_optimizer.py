@@ -139,6 +139,10 @@ class DifferentiableOptimizer:
     #: the plugin contract). Set False, on the class or on an instance, to step
     #: tensor by tensor, the reference the flat path is tested against.
     flat_weights: ClassVar[bool] = True
+    #: Whether each step of a group is one autograd node (:mod:`higher_core._fused`) that saves only the
+    #: step's inputs and recomputes the rule in the backward: the same numbers, less memory for a long
+    #: unroll, a backward that runs the rule again. For a rule whose ``update`` reads its arguments only.
+    fused: ClassVar[bool] = False
     _legacy_update: ClassVar[bool] = False  # a higher-style ``_update(grouped_grads)`` subclass
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -41,6 +41,15 @@ __all__ = ["MIN_TENSORS", "GroupStepper"]
 MIN_TENSORS = 8
 
 
+def _update_of(rule: DifferentiableOptimizer) -> Any:
+    """The rule's ``update``; one autograd node per call (:mod:`higher_core._fused`) if the rule is ``fused``."""
+    if not rule.fused:
+        return rule.update
+    from higher_core import _fused  # loaded the first time a fused rule steps
+
+    return _fused.fused(rule.update)
+
+
 class GroupStepper:
     """Steps every param group of one differentiable optimizer (``rule``), choosing per group how.
 
@@ -98,11 +107,11 @@ class GroupStepper:
             return rule.init_state(flat, group)
 
         if pending:
-            updated = layout.step_from_own_state(rule.update, group, params, grads)
+            updated = layout.step_from_own_state(_update_of(rule), group, params, grads)
         else:
             states = None if all(not s for s in existing) else [
                 s or rule.init_state(p, group) for p, s in zip(params, existing)]
-            updated = layout.step(rule.update, group, params, grads, states, init)
+            updated = layout.step(_update_of(rule), group, params, grads, states, init)
         if updated is not None and isinstance(store, StateStore):
             store.defer(number, layout)
         elif updated is not None:  # a plain dict assigned to param_state: fill it now
@@ -118,7 +127,7 @@ class GroupStepper:
             updated, new_states = _complex.step_complex(rule.complex_parameters, rule.update, group, params, grads,
                                                         states, type(rule).__name__, rule.optimizer_name)
         else:
-            updated, new_states = rule.update(group, params, grads, states)
+            updated, new_states = _update_of(rule)(group, params, grads, states)
         for i, state in zip(indices, new_states):
             dict.__setitem__(rule.param_state, i, state)
         return updated
