@@ -52,6 +52,7 @@ __all__ = ["fused"]
 State = dict[str, Any]
 Update = Callable[[Mapping[str, Any], list[torch.Tensor], list[torch.Tensor], list[State]],
                   "tuple[list[torch.Tensor], list[State]]"]
+Vjp = Callable[..., Any]
 
 
 class _Slot:
@@ -91,8 +92,9 @@ def _fill(template: Any, tensors: tuple[torch.Tensor, ...] | list[torch.Tensor])
 class _Call:
     """One fused step: the rule, the template of its arguments, and what its forward returned."""
 
-    def __init__(self, update: Update, template: Any, requires_grad: list[bool]) -> None:
+    def __init__(self, update: Update, vjp: Vjp | None, template: Any, requires_grad: list[bool]) -> None:
         self.update = update
+        self.vjp = vjp
         self.template = template
         self.requires_grad = requires_grad  # each input's flag, which a rule may branch on
         self.result: Any = None  # the template of the result: new tensors as slots into the outputs
@@ -109,6 +111,35 @@ class _Call:
             return [t for k, t in enumerate(produced) if k not in self.through]
         _take(out, produced, {})
         return [t for k, t in enumerate(produced) if k not in self.through]
+
+    def analytic(self, tensors: tuple[torch.Tensor, ...], grad_outputs: tuple[torch.Tensor | None, ...]
+                 ) -> list[torch.Tensor | None] | None:
+        """The rule's own ``update_vjp`` on the saved inputs, as one gradient per input; ``None`` if it declines."""
+        assert self.vjp is not None
+        given = iter(grad_outputs)  # an input returned as it is takes its gradient outside this node
+        outputs = [None if k in self.through else next(given) for k in range(len(self.through) + len(grad_outputs))]
+        grad_params, grad_states = _fill(self.result, outputs)
+        found = self.vjp(*_fill(self.template, tensors), list(grad_params), list(grad_states))
+        if found is None:
+            return None
+        grads: list[torch.Tensor | None] = [None] * len(tensors)
+        _match(self.template, found, grads)
+        return grads
+
+
+def _match(template: Any, value: Any, grads: list[torch.Tensor | None]) -> None:
+    """Add each tensor of ``value`` (shaped like ``template``; ``None`` or missing for none) to its slot's gradient."""
+    if value is None:
+        return
+    if isinstance(template, _Slot):
+        i = template.index
+        grads[i] = value if grads[i] is None else grads[i] + value
+    elif isinstance(template, dict):
+        for key, part in template.items():
+            _match(part, value.get(key), grads)
+    elif isinstance(template, (list, tuple)):
+        for part, entry in zip(template, value):
+            _match(part, entry, grads)
 
 
 class _FusedStep(torch.autograd.Function):
@@ -129,6 +160,10 @@ class _FusedStep(torch.autograd.Function):
         saved = ctx.saved_tensors
         create_graph = torch.is_grad_enabled()  # on under create_graph=True: keep the backward differentiable
         wanted = [i for i, need in enumerate(ctx.needs_input_grad[1:]) if need]
+        if call.vjp is not None and not create_graph:
+            found = call.analytic(saved, grad_outputs)
+            if found is not None:
+                return (None, *(g if need else None for g, need in zip(found, ctx.needs_input_grad[1:])))
         with torch.enable_grad():  # under create_graph, an alias of each input: a gradient w.r.t. the
             # input itself would also collect what reaches it through another input (a gradient is a
             # function of its weight), which the outer backward adds again
@@ -145,12 +180,20 @@ class _FusedStep(torch.autograd.Function):
         return (None, *grads)
 
 
-def fused(update: Update) -> Update:
+def fused(update: Update, vjp: Vjp | None = None) -> Update:
     """``update`` as one autograd node per call, with the same numbers (see the module docstring).
 
     Args:
         update: a rule's ``update(group, params, grads, states)``, a function of
             its arguments only (it runs again in the backward).
+        vjp: the rule's ``update_vjp``, if it has one: its vector-Jacobian product
+            written out, used for a first-order backward (``create_graph=False``)
+            instead of the recomputation. Called as ``vjp(group, params, grads,
+            states, grad_params, grad_states)`` (the gradients of the new
+            parameters and of the new states, ``None`` for none), it returns the
+            gradients of ``(group, params, grads, states)`` in the same layout
+            (``None`` or a missing key for none), or ``None`` to decline (the
+            recomputation then runs).
 
     Returns:
         A function with the same signature and results. Where no input requires
@@ -164,7 +207,7 @@ def fused(update: Update) -> Update:
         flags = [t.requires_grad for t in tensors]
         if not (torch.is_grad_enabled() and any(flags)):
             return update(group, params, grads, states)
-        call = _Call(update, template, flags)
+        call = _Call(update, vjp, template, flags)
         outputs = _FusedStep.apply(call, *tensors)
         everything: list[torch.Tensor] = []
         new = iter(outputs)

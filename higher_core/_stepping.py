@@ -47,7 +47,7 @@ def _update_of(rule: DifferentiableOptimizer) -> Any:
         return rule.update
     from higher_core import _fused  # loaded the first time a fused rule steps
 
-    return _fused.fused(rule.update)
+    return _fused.fused(rule.update, getattr(rule, "update_vjp", None))
 
 
 class GroupStepper:

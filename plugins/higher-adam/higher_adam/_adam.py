@@ -117,6 +117,86 @@ class DifferentiableAdam(DifferentiableOptimizer):
         denom = safe_sqrt(second_moment) / bias_correction2_sqrt + eps
         return addcdiv(param, exp_avg, denom, -step_size), new_state
 
+    def update_vjp(
+        self,
+        group: Mapping[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[State],
+        grad_params: list[torch.Tensor | None],
+        grad_states: list[State],
+    ) -> tuple[State, list[Any], list[Any], list[State]] | None:
+        r"""The vector-Jacobian product of :meth:`update_one`, written out (the fused step's first-order backward).
+
+        With :math:`d = \sqrt{\hat v}/c_2 + \epsilon`, :math:`s = \gamma / c_1` and
+        the gradients :math:`\bar\theta', \bar m, \bar v` of the new weight and state:
+
+        .. math::
+            q = \bar\theta' / d, \quad
+            \bar m_t = \bar m - s q, \quad
+            \bar{\hat v} = \frac{s\, m_t q}{2 c_2 d \sqrt{\hat v}}, \quad
+            \bar g = (1-\beta_1) \bar m_t + 2 (1-\beta_2) g \bar v_t, \quad
+            \bar\gamma = -\textstyle\sum q\, m_t / c_1
+
+        (and :math:`\bar m_{t-1} = \beta_1 \bar m_t`, :math:`\bar v_{t-1} = \beta_2
+        \bar v_t`, the decay's and ``amsgrad``'s maximum's terms as torch takes
+        them). Declines (returns ``None``: the rule is recomputed instead) for a
+        hyperparameter other than ``lr`` given as a tensor, and for decoupled decay.
+        """
+        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        decoupled = group.get("decoupled_weight_decay", False) and not is_zero(weight_decay)
+        if decoupled or any(isinstance(v, torch.Tensor) for v in (beta1, beta2, eps, weight_decay)) or any(
+                isinstance(s["step"], torch.Tensor) for s in states):
+            return None
+        sign = -1.0 if group.get("maximize", False) else 1.0
+        grad_lr: Any = None
+        grad_ps, grad_gs, grad_ss = [], [], []
+        for param, grad, state, grad_p, grad_s in zip(params, grads, states, grad_params, grad_states):
+            step = state["step"] + 1
+            c1, c2 = 1 - beta1**step, (1 - beta2**step) ** 0.5
+            g = grad * sign if weight_decay == 0 else torch.add(grad * sign, param, alpha=weight_decay)
+            m = torch.lerp(state["exp_avg"], g, 1 - beta1)
+            v = torch.addcmul(state["exp_avg_sq"] * beta2, g, g, value=1 - beta2)
+            v_hat = torch.maximum(state["max_exp_avg_sq"], v) if group["amsgrad"] else v
+            root = safe_sqrt(v_hat)
+            denom = root / c2 + eps
+            grad_m = grad_s.get("exp_avg")
+            grad_v = grad_s.get("exp_avg_sq")
+            grad_v_hat = grad_s.get("max_exp_avg_sq")
+            if grad_p is not None:
+                q = grad_p / denom
+                if isinstance(lr, torch.Tensor):
+                    part = -(q * m).sum() / c1
+                    grad_lr = part if grad_lr is None else grad_lr + part
+                step_size = lr / c1
+                grad_m = -step_size * q if grad_m is None else grad_m - step_size * q
+                # d(-s m / d)/d(v_hat) = s m / d^2 * 1 / (2 c2 root), 0 where root == 0 (safe_sqrt)
+                twice = torch.where(root > 0, 2 * c2 * root, torch.inf)
+                extra = step_size * m * q / denom / twice
+                grad_v_hat = extra if grad_v_hat is None else grad_v_hat + extra
+            grad_max = None
+            if group["amsgrad"] and grad_v_hat is not None:
+                old = state["max_exp_avg_sq"]
+                share = torch.where(v > old, 1.0, torch.where(v == old, 0.5, 0.0)).to(v.dtype)
+                to_v = grad_v_hat * share
+                grad_max = grad_v_hat - to_v
+                grad_v = to_v if grad_v is None else grad_v + to_v
+            elif grad_v_hat is not None:
+                grad_v = grad_v_hat if grad_v is None else grad_v + grad_v_hat
+            grad_g = None if grad_m is None else grad_m * (1 - beta1)
+            if grad_v is not None:
+                through_v = 2 * (1 - beta2) * g * grad_v
+                grad_g = through_v if grad_g is None else grad_g + through_v
+            grad_param = grad_p
+            if grad_g is not None and weight_decay != 0:
+                grad_param = weight_decay * grad_g if grad_param is None else grad_param + weight_decay * grad_g
+            grad_ps.append(grad_param)
+            grad_gs.append(None if grad_g is None else grad_g * sign)
+            grad_ss.append({"exp_avg": None if grad_m is None else grad_m * beta1,
+                            "exp_avg_sq": None if grad_v is None else grad_v * beta2,
+                            "max_exp_avg_sq": grad_max})
+        return {"lr": grad_lr}, grad_ps, grad_gs, grad_ss
+
     def _update_foreach(
         self,
         group: Mapping[str, Any],
