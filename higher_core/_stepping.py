@@ -127,7 +127,7 @@ class GroupStepper:
             updated, new_states = _complex.step_complex(rule.complex_parameters, rule.update, group, params, grads,
                                                         states, type(rule).__name__, rule.optimizer_name)
         else:
-            updated, new_states = _update_of(rule)(group, params, grads, states)
+            updated, new_states = rule.update(group, params, grads, states)
         for i, state in zip(indices, new_states):
             dict.__setitem__(rule.param_state, i, state)
         return updated

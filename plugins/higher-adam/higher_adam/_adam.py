@@ -66,6 +66,9 @@ class DifferentiableAdam(DifferentiableOptimizer):
     tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
     complex_parameters = "real_view"
     scope = "element"
+    #: a flat group's step is one autograd node (``higher_core._fused``) whose first-order backward is
+    #: :meth:`update_vjp`: it saves the step's inputs only (many-tensors-mixed: 113 instead of 139 MiB)
+    fused = True
     #: update a group with ``torch._foreach_*`` kernels (same numbers as the
     #: per-tensor rule, which stays the reference; set False to use it)
     foreach = True
@@ -141,12 +144,13 @@ class DifferentiableAdam(DifferentiableOptimizer):
         (and :math:`\bar m_{t-1} = \beta_1 \bar m_t`, :math:`\bar v_{t-1} = \beta_2
         \bar v_t`, the decay's and ``amsgrad``'s maximum's terms as torch takes
         them). Declines (returns ``None``: the rule is recomputed instead) for a
-        hyperparameter other than ``lr`` given as a tensor, and for decoupled decay.
+        hyperparameter other than ``lr`` given as a tensor and for an ``lr`` per task.
         """
         lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        decoupled = group.get("decoupled_weight_decay", False) and not is_zero(weight_decay)
-        if decoupled or any(isinstance(v, torch.Tensor) for v in (beta1, beta2, eps, weight_decay)) or any(
-                isinstance(s["step"], torch.Tensor) for s in states):
+        decoupled = group.get("decoupled_weight_decay", False)
+        if (any(isinstance(v, torch.Tensor) for v in (beta1, beta2, eps, weight_decay))
+                or (isinstance(lr, torch.Tensor) and lr.numel() != 1)  # one lr per task
+                or any(isinstance(s["step"], torch.Tensor) for s in states)):
             return None
         sign = -1.0 if group.get("maximize", False) else 1.0
         grad_lr: Any = None
@@ -154,7 +158,9 @@ class DifferentiableAdam(DifferentiableOptimizer):
         for param, grad, state, grad_p, grad_s in zip(params, grads, states, grad_params, grad_states):
             step = state["step"] + 1
             c1, c2 = 1 - beta1**step, (1 - beta2**step) ** 0.5
-            g = grad * sign if weight_decay == 0 else torch.add(grad * sign, param, alpha=weight_decay)
+            g = grad * sign
+            if weight_decay != 0 and not decoupled:
+                g = torch.add(g, param, alpha=weight_decay)
             m = torch.lerp(state["exp_avg"], g, 1 - beta1)
             v = torch.addcmul(state["exp_avg_sq"] * beta2, g, g, value=1 - beta2)
             v_hat = torch.maximum(state["max_exp_avg_sq"], v) if group["amsgrad"] else v
@@ -188,7 +194,11 @@ class DifferentiableAdam(DifferentiableOptimizer):
                 through_v = 2 * (1 - beta2) * g * grad_v
                 grad_g = through_v if grad_g is None else grad_g + through_v
             grad_param = grad_p
-            if grad_g is not None and weight_decay != 0:
+            if decoupled and weight_decay != 0 and grad_p is not None:  # theta (1 - lr wd)
+                if isinstance(lr, torch.Tensor):
+                    grad_lr = grad_lr - weight_decay * (grad_p * param).sum()
+                grad_param = grad_p * (1 - lr * weight_decay)
+            elif grad_g is not None and weight_decay != 0:
                 grad_param = weight_decay * grad_g if grad_param is None else grad_param + weight_decay * grad_g
             grad_ps.append(grad_param)
             grad_gs.append(None if grad_g is None else grad_g * sign)
