@@ -10,7 +10,9 @@ runs, and keeps what that needs between steps:
 - **flat**: an element-wise rule (``scope = "element"``) with at least
   :data:`MIN_TENSORS` tensors of one dtype and device runs once on the group
   laid end to end (:mod:`higher_core._flat`, imported the first time a group
-  qualifies). Same numbers, one kernel per operation instead of one per tensor.
+  qualifies). Same numbers, one kernel per operation instead of one per tensor;
+  for a rule that sets ``fused``, the step is one autograd node
+  (:mod:`higher_core._fused`).
 
 Per-parameter state lives in the optimizer's ``param_state``, a
 :class:`~higher_core._state_store.StateStore` where a flat group's state stays
@@ -39,15 +41,6 @@ __all__ = ["MIN_TENSORS", "GroupStepper"]
 #: many-tensors workload with 300 numbers per tensor, one inner step): Adam breaks even at 4
 #: tensors and is 1.13x faster at 16; plain SGD (one operation per tensor) breaks even near 16.
 MIN_TENSORS = 8
-
-
-def _update_of(rule: DifferentiableOptimizer) -> Any:
-    """The rule's ``update``; one autograd node per call (:mod:`higher_core._fused`) if the rule is ``fused``."""
-    if not rule.fused:
-        return rule.update
-    from higher_core import _fused  # loaded the first time a fused rule steps
-
-    return _fused.fused(rule.update, getattr(rule, "update_vjp", None))
 
 
 class GroupStepper:
@@ -106,12 +99,17 @@ class GroupStepper:
         def init(flat: torch.Tensor) -> State:
             return rule.init_state(flat, group)
 
+        update = rule.update
+        if rule.fused:  # one autograd node per step; the module is loaded the first time a fused rule steps
+            from higher_core import _fused
+
+            update = _fused.fused(rule.update, getattr(rule, "update_vjp", None))
         if pending:
-            updated = layout.step_from_own_state(_update_of(rule), group, params, grads)
+            updated = layout.step_from_own_state(update, group, params, grads)
         else:
             states = None if all(not s for s in existing) else [
                 s or rule.init_state(p, group) for p, s in zip(params, existing)]
-            updated = layout.step(_update_of(rule), group, params, grads, states, init)
+            updated = layout.step(update, group, params, grads, states, init)
         if updated is not None and isinstance(store, StateStore):
             store.defer(number, layout)
         elif updated is not None:  # a plain dict assigned to param_state: fill it now
