@@ -35,7 +35,7 @@ Example:
     >>> p, g = torch.ones(2, requires_grad=True), torch.full((2,), 3.0)
     >>> (new,), _ = fused(update)({"lr": lr}, [p], [g], [{}])
     >>> new.grad_fn.name()
-    'FusedStepBackward'
+    '_FusedStepBackward'
     >>> torch.autograd.grad(new.sum(), lr)
     (tensor(-6.),)
 """
