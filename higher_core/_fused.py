@@ -47,12 +47,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["fused"]
+__all__ = ["fused", "fused_rule"]
 
 State = dict[str, Any]
 Update = Callable[[Mapping[str, Any], list[torch.Tensor], list[torch.Tensor], list[State]],
                   "tuple[list[torch.Tensor], list[State]]"]
 Vjp = Callable[..., Any]
+#: what an optimizer holds of the unrolled graph (its state, the patched module, the user's callback)
+_GRAPH_ATTRIBUTES = frozenset({"param_state", "group_state", "_stepper", "_fmodel", "_grad_callback"})
 
 
 class _Slot:
@@ -217,3 +219,17 @@ def fused(update: Update, vjp: Vjp | None = None) -> Update:
         return list(new_params), list(new_states)
 
     return step
+
+
+def fused_rule(rule: Any) -> Update:
+    """:func:`fused` of ``rule.update`` (and ``rule.update_vjp``), bound to a copy of ``rule`` without its graph.
+
+    A step's node lives as long as the graph does, and the optimizer holds the
+    graph (its state tensors are the node's outputs): a node that held the
+    optimizer would make a reference cycle that only the garbage collector
+    frees. The copy holds the optimizer's configuration (options, flags,
+    hyperparameters) and none of :data:`_GRAPH_ATTRIBUTES`.
+    """
+    shadow = object.__new__(type(rule))
+    shadow.__dict__.update({k: v for k, v in vars(rule).items() if k not in _GRAPH_ATTRIBUTES})
+    return fused(shadow.update, getattr(shadow, "update_vjp", None))

@@ -103,7 +103,7 @@ class GroupStepper:
         if rule.fused:  # one autograd node per step; the module is loaded the first time a fused rule steps
             from higher_core import _fused
 
-            update = _fused.fused(rule.update, getattr(rule, "update_vjp", None))
+            update = _fused.fused_rule(rule)
         if pending:
             updated = layout.step_from_own_state(update, group, params, grads)
         else:
