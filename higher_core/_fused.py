@@ -47,6 +47,8 @@ from typing import Any
 
 import torch
 
+from higher_core.compat import dual_level_open, functorch_transforms_active
+
 __all__ = ["fused", "fused_rule"]
 
 State = dict[str, Any]
@@ -199,7 +201,9 @@ def fused(update: Update, vjp: Vjp | None = None) -> Update:
 
     Returns:
         A function with the same signature and results. Where no input requires
-        grad or grad mode is off, it calls ``update`` as it is.
+        grad, grad mode is off, or forward-mode AD or a ``torch.func`` transform
+        may be at work (the node has no forward derivative), it calls ``update``
+        as it is.
     """
 
     def step(group: Mapping[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
@@ -207,8 +211,8 @@ def fused(update: Update, vjp: Vjp | None = None) -> Update:
         tensors: list[torch.Tensor] = []
         template = _take((group, params, grads, states), tensors, {})
         flags = [t.requires_grad for t in tensors]
-        if not (torch.is_grad_enabled() and any(flags)):
-            return update(group, params, grads, states)
+        if not (torch.is_grad_enabled() and any(flags)) or functorch_transforms_active() or dual_level_open():
+            return update(group, params, grads, states)  # no graph, or forward-mode AD / torch.func at work
         call = _Call(update, vjp, template, flags)
         outputs = _FusedStep.apply(call, *tensors)
         everything: list[torch.Tensor] = []

@@ -214,3 +214,21 @@ def test_the_kit_passes_sgd_fused(row, monkeypatch):
     _checks.check_parity(SGD_INFO, row)
     _checks.check_gradcheck(SGD_INFO, row)
     _flat_check.check_flat_weights(SGD_INFO, row)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's forward-AD setup
+def test_forward_mode_ad_steps_unfused_with_the_same_tangents():
+    from torch.autograd import forward_ad
+
+    model = _model()
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    tangents = []
+    for fused in (True, False):
+        opt = OPTIMIZERS["adam-amsgrad-decay"](model)
+        with higher_core.innerloop_ctx(model, opt) as (fmodel, diffopt), forward_ad.dual_level():
+            diffopt.fused = diffopt.flat_weights = fused
+            lr = forward_ad.make_dual(torch.tensor(0.05, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+            diffopt.step(_loss(fmodel, x), override={"lr": [lr]})
+            tangents.append([forward_ad.unpack_dual(w).tangent for w in fmodel.parameters()])
+    for a, b in zip(*tangents):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=0)
