@@ -67,6 +67,8 @@ def build(workload: str, library: str, device: str, meta_batch: int, steps: int 
 
     if workload == "many-tensors":
         return workloads.many_tensors(library, workloads.ManyTensors().to(device, dtype))
+    if workload == "many-tensors-mixed":
+        return workloads.many_tensors(library, workloads.ManyTensors(shapes=workloads.mixed_shapes()).to(device, dtype))
     if workload == "conv-maml":
         return workloads.conv_maml(library, workloads.conv_net().to(device, dtype), tasks(meta_batch))
     if workload == "adaptation":
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-batch (8 on CPU, 32 on CUDA)")
-    parser.add_argument("--workloads", default="many-tensors,conv-maml,adaptation,startup")
+    parser.add_argument("--workloads", default="many-tensors,many-tensors-mixed,conv-maml,adaptation,startup")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args(argv)
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     header = "| workload | competitor | time | time ratio | peak memory | memory ratio | meta-gradients |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    for workload in [w for w in chosen if w in ("many-tensors", "conv-maml")]:
+    for workload in [w for w in chosen if w in ("many-tensors", "many-tensors-mixed", "conv-maml")]:
         # the check runs in float64, where only a real difference in the maths shows; timing in float32
         verdicts = compare({c: [g.detach() for g in build(workload, c, args.device, meta_batch,
                                                           dtype=torch.float64)()] for c in competitors})

@@ -29,13 +29,15 @@ BETAS, EPS = (0.9, 0.999), 1e-8
 class ManyTensors(nn.Module):
     """``count`` parameter tensors of mixed shapes (about ``scalars`` numbers) and a smooth loss."""
 
-    def __init__(self, count: int = 200, scalars: int = 1_000_000, seed: int = 0) -> None:
+    def __init__(self, count: int = 200, scalars: int = 1_000_000, seed: int = 0,
+                 shapes: list[tuple[int, ...]] | None = None) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        kinds = [(64, 64), (512,), (32, 8, 8), (48, 96), (1000,)]
-        base = [kinds[i % len(kinds)] for i in range(count)]
-        scale = math.sqrt(scalars / sum(math.prod(s) for s in base))
-        shapes = [tuple(max(1, round(d * scale)) if j == 0 else d for j, d in enumerate(s)) for s in base]
+        if shapes is None:
+            kinds = [(64, 64), (512,), (32, 8, 8), (48, 96), (1000,)]
+            base = [kinds[i % len(kinds)] for i in range(count)]
+            scale = math.sqrt(scalars / sum(math.prod(s) for s in base))
+            shapes = [tuple(max(1, round(d * scale)) if j == 0 else d for j, d in enumerate(s)) for s in base]
         self.weights = nn.ParameterList(nn.Parameter(0.1 * torch.randn(*s, generator=g)) for s in shapes)
         for i, s in enumerate(shapes):
             self.register_buffer(f"data{i}", torch.randn(*s, generator=g))
@@ -45,6 +47,25 @@ class ManyTensors(nn.Module):
         for i, w in enumerate(self.weights):
             total = total + (torch.tanh(w * getattr(self, f"data{i}")) ** 2).mean()
         return total
+
+
+def mixed_shapes(count: int = 200, smallest: int = 8, largest: int = 16_384) -> list[tuple[int, ...]]:
+    """``count`` shapes whose sizes grow geometrically from ``smallest`` to ``largest`` elements.
+
+    As in a conv net or a transformer: biases and norm scales (vectors of a few
+    dozen), conv kernels (``[c_out, c_in, 3, 3]``) and weight matrices, about 436k
+    numbers in all for the defaults.
+    """
+    shapes: list[tuple[int, ...]] = []
+    for i in range(count):
+        size = round(smallest * (largest / smallest) ** (i / (count - 1)))
+        if size < 64 or i % 3 == 0:
+            shapes.append((size,))
+        elif i % 3 == 1:
+            shapes.append((max(1, round(size / 72)), 8, 3, 3))
+        else:
+            shapes.append((max(1, round(size / 64)), 64))
+    return shapes
 
 
 def many_tensors(library: str, model: ManyTensors, steps: int = 5, lr0: float = 1e-2) -> Meta:

@@ -138,6 +138,13 @@ class DifferentiableOptimizer:
     #: the plugin contract). Set False, on the class or on an instance, to step
     #: tensor by tensor, the reference the flat path is tested against.
     flat_weights: ClassVar[bool] = True
+    #: Whether a flat group's step is one autograd node (:mod:`higher_core._fused`) that saves only the
+    #: step's inputs: the same numbers, less memory per unrolled step. Its backward runs the rule again
+    #: under autograd, or, for a first-order backward, the rule's ``update_vjp(group, params, grads,
+    #: states, grad_params, grad_states)`` if it has one (Adam's). For a rule whose ``update`` reads its
+    #: arguments only. Off by default: it wins where the rule's graph saves more than its inputs (Adam: 5
+    #: tensors a step against 3), not for plain SGD (which saves nothing, and would then keep the gradient).
+    fused: ClassVar[bool] = False
     _legacy_update: ClassVar[bool] = False  # a higher-style ``_update(grouped_grads)`` subclass
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

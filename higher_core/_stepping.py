@@ -10,7 +10,9 @@ runs, and keeps what that needs between steps:
 - **flat**: an element-wise rule (``scope = "element"``) with at least
   :data:`MIN_TENSORS` tensors of one dtype and device runs once on the group
   laid end to end (:mod:`higher_core._flat`, imported the first time a group
-  qualifies). Same numbers, one kernel per operation instead of one per tensor.
+  qualifies). Same numbers, one kernel per operation instead of one per tensor;
+  for a rule that sets ``fused``, the step is one autograd node
+  (:mod:`higher_core._fused`).
 
 Per-parameter state lives in the optimizer's ``param_state``, a
 :class:`~higher_core._state_store.StateStore` where a flat group's state stays
@@ -97,12 +99,17 @@ class GroupStepper:
         def init(flat: torch.Tensor) -> State:
             return rule.init_state(flat, group)
 
+        update = rule.update
+        if rule.fused:  # one autograd node per step; the module is loaded the first time a fused rule steps
+            from higher_core import _fused
+
+            update = _fused.fused_rule(rule)
         if pending:
-            updated = layout.step_from_own_state(rule.update, group, params, grads)
+            updated = layout.step_from_own_state(update, group, params, grads)
         else:
             states = None if all(not s for s in existing) else [
                 s or rule.init_state(p, group) for p, s in zip(params, existing)]
-            updated = layout.step(rule.update, group, params, grads, states, init)
+            updated = layout.step(update, group, params, grads, states, init)
         if updated is not None and isinstance(store, StateStore):
             store.defer(number, layout)
         elif updated is not None:  # a plain dict assigned to param_state: fill it now

@@ -197,7 +197,7 @@ def test_the_plugin_guide_lists_every_class_attribute_with_its_default():
     hints = typing.get_type_hints(DifferentiableOptimizer, include_extras=True)
     declared = sorted(name for name, hint in hints.items()
                       if not name.startswith("_") and typing.get_origin(hint) is typing.ClassVar)
-    assert declared == ["complex_parameters", "flat_weights", "scope", "tensor_hyperparameters"]
+    assert declared == ["complex_parameters", "flat_weights", "fused", "scope", "tensor_hyperparameters"]
     rows = {line.split("|")[1].strip(" `"): line for line in guide.splitlines() if line.startswith("| `")}
     for name in declared:
         assert name in rows, f"docs/plugin-guide.md does not list the class attribute {name}"

@@ -66,6 +66,9 @@ class DifferentiableAdam(DifferentiableOptimizer):
     tensor_hyperparameters = ("lr", "betas", "eps", "weight_decay")
     complex_parameters = "real_view"
     scope = "element"
+    #: a flat group's step is one autograd node (``higher_core._fused``) whose first-order backward is
+    #: :meth:`update_vjp`: it saves the step's inputs only (many-tensors-mixed: 105 instead of 139 MiB)
+    fused = True
     #: update a group with ``torch._foreach_*`` kernels (same numbers as the
     #: per-tensor rule, which stays the reference; set False to use it)
     foreach = True
@@ -116,6 +119,93 @@ class DifferentiableAdam(DifferentiableOptimizer):
             second_moment = exp_avg_sq
         denom = safe_sqrt(second_moment) / bias_correction2_sqrt + eps
         return addcdiv(param, exp_avg, denom, -step_size), new_state
+
+    def update_vjp(
+        self,
+        group: Mapping[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[State],
+        grad_params: list[torch.Tensor | None],
+        grad_states: list[State],
+    ) -> tuple[State, list[Any], list[Any], list[State]] | None:
+        r"""The vector-Jacobian product of :meth:`update_one`, written out (the fused step's first-order backward).
+
+        With :math:`d = \sqrt{\hat v}/c_2 + \epsilon`, :math:`s = \gamma / c_1` and
+        the gradients :math:`\bar\theta', \bar m, \bar v` of the new weight and state:
+
+        .. math::
+            q = \bar\theta' / d, \quad
+            \bar m_t = \bar m - s q, \quad
+            \bar{\hat v} = \frac{s\, m_t q}{2 c_2 d \sqrt{\hat v}}, \quad
+            \bar g = (1-\beta_1) \bar m_t + 2 (1-\beta_2) g \bar v_t, \quad
+            \bar\gamma = -\textstyle\sum q\, m_t / c_1
+
+        (and :math:`\bar m_{t-1} = \beta_1 \bar m_t`, :math:`\bar v_{t-1} = \beta_2
+        \bar v_t`, the decay's and ``amsgrad``'s maximum's terms as torch takes
+        them). Declines (returns ``None``: the rule is recomputed instead) for a
+        hyperparameter other than ``lr`` given as a tensor and for an ``lr`` per task.
+        """
+        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        decoupled = group.get("decoupled_weight_decay", False)
+        if (any(isinstance(v, torch.Tensor) for v in (beta1, beta2, eps, weight_decay))
+                or (isinstance(lr, torch.Tensor) and lr.numel() != 1)  # one lr per task
+                or any(isinstance(s["step"], torch.Tensor) for s in states)):
+            return None
+        maximize, amsgrad = group.get("maximize", False), group["amsgrad"]
+        grad_lr: Any = None
+        grad_ps, grad_gs, grad_ss = [], [], []
+        for param, grad, state, grad_p, grad_s in zip(params, grads, states, grad_params, grad_states):
+            step = state["step"] + 1
+            c1, c2 = 1 - beta1**step, (1 - beta2**step) ** 0.5
+            g = -grad if maximize else grad
+            if weight_decay != 0 and not decoupled:
+                g = torch.add(g, param, alpha=weight_decay)
+            m = torch.lerp(state["exp_avg"], g, 1 - beta1)
+            v = torch.addcmul(state["exp_avg_sq"] * beta2, g, g, value=1 - beta2)
+            v_hat = torch.maximum(state["max_exp_avg_sq"], v) if amsgrad else v
+            grad_m, grad_v, grad_v_hat = (grad_s.get(k) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+            if grad_p is not None:  # the temporaries below are this function's own: updated in place
+                root = v_hat.sqrt()
+                denom = torch.div(root, c2).add_(eps)
+                q = torch.div(grad_p, denom)
+                if isinstance(lr, torch.Tensor):
+                    part = torch.dot(q.reshape(-1), m.reshape(-1)).neg_() / c1
+                    grad_lr = part if grad_lr is None else grad_lr + part
+                q.mul_(lr / c1)  # s q
+                grad_m = q.neg() if grad_m is None else grad_m - q
+                # d(-s m / d)/d(v_hat) = s m / d^2 * 1 / (2 c2 root), 0 where root == 0 (safe_sqrt)
+                twice = root.mul_(2 * c2)
+                twice.masked_fill_(twice == 0, torch.inf)
+                extra = q.mul_(m).div_(denom).div_(twice)
+                grad_v_hat = extra if grad_v_hat is None else extra.add_(grad_v_hat)
+            grad_max = None
+            if amsgrad and grad_v_hat is not None:  # torch.maximum's backward: halves at ties
+                old = state["max_exp_avg_sq"]
+                share = torch.where(v > old, 1.0, torch.where(v == old, 0.5, 0.0)).to(v.dtype)
+                to_v = grad_v_hat * share
+                grad_max = grad_v_hat - to_v
+                grad_v = to_v if grad_v is None else to_v.add_(grad_v)
+            elif grad_v_hat is not None:
+                grad_v = grad_v_hat if grad_v is None else grad_v + grad_v_hat
+            grad_g = None if grad_m is None else grad_m * (1 - beta1)
+            if grad_v is not None:
+                grad_g = (torch.mul(g, grad_v).mul_(2 * (1 - beta2)) if grad_g is None
+                          else grad_g.addcmul_(g, grad_v, value=2 * (1 - beta2)))
+            grad_param = grad_p
+            if decoupled and weight_decay != 0 and grad_p is not None:  # theta (1 - lr wd)
+                if isinstance(lr, torch.Tensor):
+                    grad_lr = grad_lr - weight_decay * torch.dot(grad_p.reshape(-1), param.reshape(-1))
+                grad_param = grad_p * (1 - lr * weight_decay)
+            elif grad_g is not None and weight_decay != 0:
+                grad_param = weight_decay * grad_g if grad_param is None else torch.add(grad_p, grad_g,
+                                                                                        alpha=weight_decay)
+            grad_ps.append(grad_param)
+            grad_gs.append(grad_g.neg_() if grad_g is not None and maximize else grad_g)
+            grad_ss.append({"exp_avg": None if grad_m is None else grad_m * beta1,
+                            "exp_avg_sq": None if grad_v is None else grad_v * beta2,
+                            "max_exp_avg_sq": grad_max})
+        return {"lr": grad_lr}, grad_ps, grad_gs, grad_ss
 
     def _update_foreach(
         self,

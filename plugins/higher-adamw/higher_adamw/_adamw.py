@@ -61,3 +61,7 @@ class DifferentiableAdamW(DifferentiableAdam):
         self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: State
     ) -> tuple[torch.Tensor, State]:
         return super().update_one(_decoupled(group), param, grad, state)
+
+    def update_vjp(self, group: Mapping[str, Any], *args: Any) -> Any:
+        """:meth:`higher_adam.DifferentiableAdam.update_vjp` with the decay decoupled."""
+        return super().update_vjp(_decoupled(group), *args)
