@@ -81,6 +81,19 @@ def test_checkpointed_equals_unrolled(make_opt, checkpoint):
     _close(got_weights, weights)
 
 
+def _deep_mlp() -> nn.Module:
+    """Ten parameter tensors: an element-wise rule steps them as one flat group (Adam: one fused node)."""
+    torch.manual_seed(1)
+    return nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(3, 3), nn.Tanh())], nn.Linear(3, 1)).double()
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD momentum nesterov wd"])
+def test_flat_and_fused_groups(name):
+    expected, _, _ = _meta_gradients(OPTIMIZERS[name], None, model=_deep_mlp())
+    got, _, fmodel = _meta_gradients(OPTIMIZERS[name], 3, model=_deep_mlp())
+    _close(got, expected)
+
+
 def test_whole_step_rule_prodigy():
     prodigyopt = pytest.importorskip("prodigyopt")
     make_opt = lambda p: prodigyopt.Prodigy(p, lr=1.0, weight_decay=0.01)  # noqa: E731
