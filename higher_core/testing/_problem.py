@@ -89,6 +89,18 @@ def _reference(info: OptimizerInfo, row: OptimizerInput, problem: Problem,
     return opt, params
 
 
+def _with_learned_lr(info: OptimizerInfo, row: OptimizerInput,
+                     problem: Problem) -> tuple[DifferentiableOptimizer, list[torch.Tensor], torch.Tensor | None]:
+    """The row's differentiable optimizer on ``problem``'s leaves, its ``lr`` a tensor that requires grad
+    where the row gives a number (``None`` otherwise): ``(diffopt, leaves, lr)``."""
+    from higher_core.optim import get_diff_optim
+
+    opt, params = _reference(info, row, problem)
+    lr = torch.tensor(row.kwargs["lr"], dtype=torch.float64, device=problem.device, requires_grad=True) \
+        if isinstance(row.kwargs.get("lr"), float) else None
+    return get_diff_optim(opt, params, override={"lr": [lr]} if lr is not None else None), params, lr
+
+
 def _reference_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], problem: Problem) -> None:
     def closure() -> torch.Tensor:
         opt.zero_grad()

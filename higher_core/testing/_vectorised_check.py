@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from higher_core.optim import DifferentiableOptimizer, get_diff_optim
-from higher_core.testing._problem import NotApplicable, Problem, _compare, _diff_step, _reference
+from higher_core.testing._problem import (NotApplicable, Problem, _compare, _diff_step, _reference,
+                                          _with_learned_lr)
 from higher_core.testing._table import OptimizerInfo, OptimizerInput
 
 __all__ = ["check_vectorised"]
@@ -25,11 +26,7 @@ RTOL = 1e-12
 
 def _run(info: OptimizerInfo, row: OptimizerInput, problem: Problem, vectorised: bool,
          steps: int) -> tuple[list[torch.Tensor], dict[int, dict[str, Any]], tuple[torch.Tensor | None, ...]]:
-    opt, params = _reference(info, row, problem)
-    learned = isinstance(row.kwargs.get("lr"), float)
-    lr = torch.tensor(row.kwargs["lr"], dtype=torch.float64, device=problem.device, requires_grad=True) \
-        if learned else None
-    diffopt = get_diff_optim(opt, params, override={"lr": [lr]} if learned else None)
+    diffopt, params, lr = _with_learned_lr(info, row, problem)
     diffopt.flat_weights = False
     if not vectorised:  # the base class's update: update_one on each tensor
         diffopt.update = types.MethodType(DifferentiableOptimizer.update, diffopt)  # type: ignore[method-assign]
