@@ -268,7 +268,8 @@ REPO_URL = "https://github.com/higher-core/higher-core"
 #: where a README link to a file of this repository points in the docs
 DOC_LINKS = {"benchmarks/RESULTS.md": "benchmarks.md",
              # README sections that are pages of their own here
-             "#batched-tasks": "batched-tasks.md", "#flat-fast-weights": "flat-weights.md"}
+             "#batched-tasks": "batched-tasks.md", "#flat-fast-weights": "flat-weights.md",
+             "#long-inner-loops-checkpointed-unrolls": "long-unrolls.md"}
 
 
 def readme_sections(text: str) -> dict[str, str]:
