@@ -43,6 +43,11 @@ def read_tables(text: str) -> dict[str, Ratios]:
     return sections
 
 
+def png_name(section: str) -> str:
+    """The file a section's plot is written to: ``bench_<its heading in lower case, as a slug>.png``."""
+    return f"bench_{re.sub(r'[^a-z0-9]+', '_', section.lower()).strip('_')}.png"
+
+
 def plot_section(name: str, ratios: Ratios, out: Path) -> Path:
     """One PNG: a panel per ratio, bars grouped by workload."""
     try:
@@ -72,7 +77,7 @@ def plot_section(name: str, ratios: Ratios, out: Path) -> Path:
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(f"benchmarks/RESULTS.md, {name}: above 1, higher-core is faster / smaller", fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    path = out / f"bench_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.png"
+    path = out / png_name(name)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -46,5 +46,6 @@ def test_plot_writes_one_png_per_section(tmp_path):
                    check=True, capture_output=True, env={**os.environ, "MPLBACKEND": "Agg"}, timeout=120)
     sections = plot.read_tables((ROOT / "benchmarks" / "RESULTS.md").read_text())
     pngs = sorted(tmp_path.glob("*.png"))
-    assert [p.name for p in pngs] == sorted(f"bench_{name.lower()}.png" for name in sections)
+    assert [p.name for p in pngs] == sorted(plot.png_name(name) for name in sections)
+    assert plot.png_name("CPU: workload 1 (issue 27)") == "bench_cpu_workload_1_issue_27.png"
     assert all(p.stat().st_size > 10_000 for p in pngs)
