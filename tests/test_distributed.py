@@ -151,6 +151,9 @@ def _failing_worker(rank: int, port: int) -> None:
         raise RuntimeError("rank 1 fails on purpose")
     p = torch.zeros(3, requires_grad=True)
     p.grad = torch.ones(3)
+    # rank 1's error first: otherwise this rank's own ("connection closed by peer", once rank 1 has
+    # exited) can reach the launcher first (seen once on torch 2.12)
+    time.sleep(1.0)
     hdist.all_reduce_grads([p])  # waits for rank 1, which never comes
 
 
