@@ -28,7 +28,7 @@ from higher_core.patch import monkeypatch
 #: the optional layers on top of the core, imported on first use (``higher_core.batched``, ...)
 _LAYERS = ("batched", "distributed", "implicit", "testing", "unrolling", "utils")
 #: public functions whose modules are loaded on first use: the plugin host (at the first optimizer
-#: lookup), the missing-double-backward explainer, higher's create_diff_optim
+#: lookup), the missing-double-backward explainer, higher's create_diff_optim, checkpointed unrolls
 _LAZY = {"plugin_host": "higher_core._plugins", "register_plugin": "higher_core._plugins",
          "unregister_plugin": "higher_core._plugins", "create_diff_optim": "higher_core._trainable",
          "explain_missing_double_backward": "higher_core._double_backward",

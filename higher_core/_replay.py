@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Frame", "LoopState", "RNGState", "buffers_of", "set_buffers"]
+__all__ = ["Frame", "LoopState", "RNGState", "buffers_of", "cuda_devices", "restored_afterwards", "rules_of",
+           "set_buffers"]
 
 _TENSOR = object()  # where a tensor sat in a stored structure (the structure keeps no tensor alive)
 

@@ -103,8 +103,8 @@ def unroll(step_fn: StepFn, fmodel: Any, diffopt: Any, steps: int, *, checkpoint
     if getattr(diffopt, "_fmodel", None) is not fmodel:
         raise ValueError("unroll(): diffopt must step fmodel; build it with fmodel= (innerloop_ctx gives the pair)")
     named = checked_inputs(inputs)
-    segment = steps if checkpoint is None else segment_length(max(steps - 1, 1), checkpoint)
-    if checkpoint is None or steps < 2 or not fmodel.track_higher_grads or not torch.is_grad_enabled():
+    segment = None if checkpoint is None else segment_length(max(steps - 1, 1), checkpoint)  # (checked even if unused)
+    if segment is None or steps < 2 or not fmodel.track_higher_grads or not torch.is_grad_enabled():
         for k in range(steps):
             step_fn(fmodel, diffopt, k)
         return
