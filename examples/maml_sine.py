@@ -14,6 +14,7 @@ Run:  python examples/maml_sine.py   (meta-training in 11-20 s on one CPU core)
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import math
 import sys
@@ -234,6 +235,8 @@ def main() -> None:
         progress.close()
     trained = time.perf_counter() - start
     if args.distributed:
+        del model, meta_opt  # DDP's reducer before the group: on torch < 2.8 the other order can hang
+        gc.collect()
         torch.distributed.destroy_process_group()
     if rank != 0:
         return

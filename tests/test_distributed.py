@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import inspect
 import os
 import re
@@ -116,6 +117,12 @@ def _worker(rank: int, port: int, out: str) -> None:
                "ddp_find_unused": _meta_train(DistributedDataParallel(_net(), find_unused_parameters=True),
                                               mine, "ddp")}
     torch.save(results, f"{out}/rank{rank}.pt")
+    # DDP's reducer first, then the group: freed the other way, the reducer holds the group's last
+    # reference and destroys it with the GIL held (torch < 2.8 does not release it there) while a gloo
+    # thread waits for the GIL to free a finished all-reduce's tensor, and the process never exits
+    # (hung CI on torch 2.4.1; pytorch/pytorch#154976)
+    del ddp
+    gc.collect()
     dist.destroy_process_group()
 
 
