@@ -1,7 +1,13 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+import venv
 import warnings
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,6 +104,72 @@ def host(monkeypatch):
     fresh = _plugins.PluginHost()
     monkeypatch.setattr(_plugins, "_HOST", fresh)
     return fresh
+
+
+def _requirement_closure(names: list[str]) -> tuple[list[metadata.Distribution], list[str]]:
+    """The installed distributions ``names`` need (themselves included), and those needed but missing here."""
+    from packaging.requirements import Requirement  # pytest's own dependency
+
+    found: dict[str, metadata.Distribution] = {}
+    missing: list[str] = []
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in found or name in missing:
+            continue
+        try:
+            dist = found[key] = metadata.distribution(key)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+            continue
+        for text in dist.requires or ():
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return list(found.values()), missing
+
+
+def _checked(*command: str | Path) -> str:
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture
+def fresh_venv():
+    """Make a new virtual environment that sees this one's torch, pluggy and numpy and nothing else.
+
+    Returns ``make(directory) -> python``. Torch and what it requires are shared through a ``.pth``
+    file pointing at a folder of links, not installed again: a default torch build with its CUDA
+    libraries is several GB, and two of them at once filled CI's disk on torch 2.4.1. pip sees the
+    linked distributions as installed, so the wheels under test resolve against them; a requirement
+    this environment lacks (setuptools, which torch asks for on Python 3.12) is installed there.
+    """
+    def make(directory: Path) -> Path:
+        shared = directory.parent / (directory.name + "-shared")
+        shared.mkdir()
+        present, missing = _requirement_closure(["torch", "pluggy", "numpy"])
+        linked = {re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower() for dist in present} - {"pip"}
+        for dist in present:
+            for top in {Path(str(f)).parts[0] for f in dist.files or ()} - {".."}:
+                source, link = Path(dist.locate_file(top)), shared / top
+                if source.exists() and not link.exists():
+                    link.symlink_to(source, target_is_directory=source.is_dir())
+        venv.create(directory, with_pip=True)
+        python = directory / ("Scripts" if sys.platform == "win32" else "bin") / "python"
+        site = _checked(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
+        own = _checked(python, "-m", "pip", "list", "--format=freeze").split()
+        shadowing = [name for name in (line.split("==")[0] for line in own)
+                     if re.sub(r"[-_.]+", "-", name).lower() in linked]
+        if shadowing:  # ensurepip's older setuptools would hide the linked one
+            _checked(python, "-m", "pip", "uninstall", "-q", "-y", *shadowing)
+        Path(site, "_shared_torch.pth").write_text(str(shared) + "\n")
+        if missing:
+            _checked(python, "-m", "pip", "install", "-q", *missing)
+        return python
+
+    return make
 
 
 def _no_gpu_reason() -> str:

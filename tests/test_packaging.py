@@ -11,11 +11,9 @@ import os
 import subprocess
 import sys
 import textwrap
-import venv
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +50,7 @@ def _run(*command: str | Path, cwd: Path | None = None) -> str:
 
 
 @pytest.mark.slow
-def test_wheels_install_into_a_fresh_environment(tmp_path):
+def test_wheels_install_into_a_fresh_environment(tmp_path, fresh_venv):
     wheels = tmp_path / "wheels"
     _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels,
          ROOT, ROOT / "plugins" / "higher-sgd", ROOT / "plugins" / "higher-adam")
@@ -60,10 +58,7 @@ def test_wheels_install_into_a_fresh_environment(tmp_path):
     assert names == ["higher_adam", "higher_core", "higher_sgd"]
 
     env = tmp_path / "venv"
-    venv.create(env, with_pip=True)
-    python = env / ("Scripts" if sys.platform == "win32" else "bin") / "python"
-    torch_version = torch.__version__.split("+")[0]
-    _run(python, "-m", "pip", "install", "-q", f"torch=={torch_version}", "pluggy", "numpy")
+    python = fresh_venv(env)  # torch and pluggy shared from this environment, nothing else
     _run(python, "-m", "pip", "install", "-q", "--no-index", "--find-links", wheels, "higher-core", "higher-adam")
     installed = _run(python, "-m", "pip", "list", "--format=freeze")
     assert "higher-adam==0.1.0" in installed and "higher-sgd" not in installed

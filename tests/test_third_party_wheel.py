@@ -15,11 +15,9 @@ import os
 import subprocess
 import sys
 import textwrap
-import venv
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +129,7 @@ def _run(*command: str | Path, cwd: Path | None = None, env: dict[str, str] | No
 
 
 @pytest.mark.slow
-def test_third_party_plugin_wheel_is_found_in_a_fresh_environment(tmp_path):
+def test_third_party_plugin_wheel_is_found_in_a_fresh_environment(tmp_path, fresh_venv):
     source = tmp_path / "tinyopt-src"
     source.mkdir()
     (source / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
@@ -143,11 +141,8 @@ def test_third_party_plugin_wheel_is_found_in_a_fresh_environment(tmp_path):
     assert sorted(p.name.split("-")[0] for p in wheels.glob("*.whl")) == ["higher_core", "tinyopt"]
 
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    bin_dir = env_dir / ("Scripts" if sys.platform == "win32" else "bin")
-    python = bin_dir / "python"
-    torch_version = torch.__version__.split("+")[0]
-    _run(python, "-m", "pip", "install", "-q", f"torch=={torch_version}", "pluggy", "numpy")
+    python = fresh_venv(env_dir)  # torch and pluggy shared from this environment, nothing else
+    bin_dir = python.parent
     # only the plugin is asked for: higher-core comes in as its dependency
     _run(python, "-m", "pip", "install", "-q", "--no-index", "--find-links", wheels, "tinyopt")
     installed = _run(python, "-m", "pip", "list", "--format=freeze")
