@@ -144,7 +144,8 @@ def fresh_venv():
     file pointing at a folder of links, not installed again: a default torch build with its CUDA
     libraries is several GB, and two of them at once filled CI's disk on torch 2.4.1. pip sees the
     linked distributions as installed, so the wheels under test resolve against them; a requirement
-    this environment lacks (setuptools, which torch asks for on Python 3.12) is installed there.
+    this environment lacks is installed there from the index, and one the new environment already
+    has (ensurepip's older setuptools) is removed there so that it does not hide the linked one.
     """
     def make(directory: Path) -> Path:
         shared = directory.parent / (directory.name + "-shared")
@@ -162,7 +163,7 @@ def fresh_venv():
         own = _checked(python, "-m", "pip", "list", "--format=freeze").split()
         shadowing = [name for name in (line.split("==")[0] for line in own)
                      if re.sub(r"[-_.]+", "-", name).lower() in linked]
-        if shadowing:  # ensurepip's older setuptools would hide the linked one
+        if shadowing:
             _checked(python, "-m", "pip", "uninstall", "-q", "-y", *shadowing)
         Path(site, "_shared_torch.pth").write_text(str(shared) + "\n")
         if missing:
