@@ -137,6 +137,18 @@ def _checked(*command: str | Path) -> str:
 
 
 @pytest.fixture
+def source_build_lock(tmp_path_factory):
+    """A lock shared by every pytest-xdist worker, to hold while building a wheel from this checkout.
+
+    setuptools builds in the source tree's ``build/``: two workers building the core's wheel at once
+    collide there (``File exists: build/bdist.../higher_core-0.1.0.dist-info``).
+    """
+    from filelock import FileLock  # torch's own dependency
+
+    return FileLock(str(tmp_path_factory.getbasetemp().parent / "source-build.lock"))
+
+
+@pytest.fixture
 def fresh_venv():
     """Make a new virtual environment that sees this one's torch, pluggy and numpy and nothing else.
 

@@ -50,10 +50,11 @@ def _run(*command: str | Path, cwd: Path | None = None) -> str:
 
 
 @pytest.mark.slow
-def test_wheels_install_into_a_fresh_environment(tmp_path, fresh_venv):
+def test_wheels_install_into_a_fresh_environment(tmp_path, fresh_venv, source_build_lock):
     wheels = tmp_path / "wheels"
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels,
-         ROOT, ROOT / "plugins" / "higher-sgd", ROOT / "plugins" / "higher-adam")
+    with source_build_lock:
+        _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels,
+             ROOT, ROOT / "plugins" / "higher-sgd", ROOT / "plugins" / "higher-adam")
     names = sorted(p.name.split("-")[0] for p in wheels.glob("*.whl"))
     assert names == ["higher_adam", "higher_core", "higher_sgd"]
 

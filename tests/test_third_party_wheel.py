@@ -129,15 +129,16 @@ def _run(*command: str | Path, cwd: Path | None = None, env: dict[str, str] | No
 
 
 @pytest.mark.slow
-def test_third_party_plugin_wheel_is_found_in_a_fresh_environment(tmp_path, fresh_venv):
+def test_third_party_plugin_wheel_is_found_in_a_fresh_environment(tmp_path, fresh_venv, source_build_lock):
     source = tmp_path / "tinyopt-src"
     source.mkdir()
     (source / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
     (source / "tinyopt.py").write_text(textwrap.dedent(MODULE))
 
     wheels = tmp_path / "wheels"
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels,
-         source, ROOT)
+    with source_build_lock:
+        _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels,
+             source, ROOT)
     assert sorted(p.name.split("-")[0] for p in wheels.glob("*.whl")) == ["higher_core", "tinyopt"]
 
     env_dir = tmp_path / "venv"
